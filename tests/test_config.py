@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from frcnn_trt import config as C
+from frcnn_trt.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_match_py_faster_rcnn() -> None:
+    cfg = C.Config()
+    t, s = cfg.TRAIN, cfg.TEST
+    assert (t.SCALES, t.MAX_SIZE, t.IMS_PER_BATCH, t.BATCH_SIZE) == ((600,), 1000, 2, 128)
+    assert (t.FG_FRACTION, t.FG_THRESH, t.BG_THRESH_HI, t.BG_THRESH_LO) == (0.25, 0.5, 0.5, 0.1)
+    assert (t.RPN_POSITIVE_OVERLAP, t.RPN_NEGATIVE_OVERLAP, t.RPN_FG_FRACTION, t.RPN_BATCHSIZE) == (0.7, 0.3, 0.5, 256)
+    assert (t.RPN_PRE_NMS_TOP_N, t.RPN_POST_NMS_TOP_N, t.RPN_NMS_THRESH, t.RPN_MIN_SIZE) == (12000, 2000, 0.7, 16)
+    assert (s.RPN_PRE_NMS_TOP_N, s.RPN_POST_NMS_TOP_N, s.NMS) == (6000, 300, 0.3)
+    assert t.BBOX_NORMALIZE_STDS == (0.1, 0.1, 0.2, 0.2)
+    assert t.BBOX_NORMALIZE_TARGETS_PRECOMPUTED is False and t.HAS_RPN is False
+    assert cfg.PIXEL_MEANS == (102.9801, 115.9465, 122.7717)
+    assert cfg.RNG_SEED == 3 and cfg.EPS == 1e-14 and cfg.DEDUP_BOXES == 1 / 16
+    assert cfg.ALT_OPT.ITERS == (80000, 40000, 80000, 40000)
+
+
+def test_py_faster_rcnn_yml_files_load_unchanged() -> None:
+    alt = C.load(CONFIGS / "faster_rcnn_alt_opt.yml")
+    assert alt.EXP_DIR == "faster_rcnn_alt_opt" and alt.TRAIN.BG_THRESH_LO == 0.0 and alt.TEST.HAS_RPN
+    e2e = C.load(CONFIGS / "faster_rcnn_end2end.yml")
+    assert e2e.TRAIN.HAS_RPN and e2e.TRAIN.IMS_PER_BATCH == 1
+    assert e2e.TRAIN.BBOX_NORMALIZE_TARGETS_PRECOMPUTED and e2e.TRAIN.PROPOSAL_METHOD == "gt"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = C.load(path)
+    assert isinstance(cfg.MODEL.NET, str)
+
+
+def test_pixel_means_nested_form_and_roundtrip(tmp_path: Path) -> None:
+    cfg = C.from_dict({"PIXEL_MEANS": [[[1, 2, 3]]], "TRAIN": {"SCALES": [480, 576]}})
+    assert cfg.PIXEL_MEANS == (1.0, 2.0, 3.0) and cfg.TRAIN.SCALES == (480, 576)
+    path = C.write_resolved(cfg, tmp_path)
+    again = C.load(path)
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["TRAIN"]["SCALES"] == [480, 576]
+
+
+def test_set_overrides_like_cfg_from_list() -> None:
+    cfg = C.from_list(["TRAIN.SCALES", "[400,500]", "RNG_SEED", "7", "TEST.HAS_RPN", "True", "EXP_DIR", "foo"])
+    assert cfg.TRAIN.SCALES == (400, 500) and cfg.RNG_SEED == 7 and cfg.TEST.HAS_RPN is True
+    assert cfg.EXP_DIR == "foo"
+    assert C.from_list(["TRAIN.SCALES", "(600,)"]).TRAIN.SCALES == (600,)
+    assert C.from_list(["TRAIN.FG_THRESH", "1"]).TRAIN.FG_THRESH == 1.0
+
+
+def test_unknown_key_suggests_close_match() -> None:
+    with pytest.raises(ConfigError, match=r"TRAIN\.RPN_POSITVE_OVERLAP.*did you mean TRAIN\.RPN_POSITIVE_OVERLAP"):
+        C.from_list(["TRAIN.RPN_POSITVE_OVERLAP", "0.6"])
+    with pytest.raises(ConfigError, match="did you mean TRAIN"):
+        C.from_dict({"TRIAN": {"SCALES": [600]}})
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["TRAIN.IMS_PER_BATCH", "1.5"], "TRAIN.IMS_PER_BATCH: expected an integer"),
+        (["TRAIN.USE_FLIPPED", "maybe"], "TRAIN.USE_FLIPPED: expected true/false"),
+        (["TRAIN.FG_THRESH", "high"], "TRAIN.FG_THRESH: expected a number"),
+        (["TRAIN.BBOX_NORMALIZE_STDS", "[0.1, 0.2]"], "expected 4 values"),
+        (["TRAIN", "3"], "TRAIN: expected a mapping"),
+        (["TRAIN.SCALES"], "odd number"),
+    ],
+)
+def test_bad_values_name_the_key(pairs: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        C.from_list(pairs)
+
+
+def test_bad_files_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("TRAIN: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yml: invalid YAML"):
+        C.load(bad)
+    wrong = tmp_path / "wrong.yml"
+    wrong.write_text("TRAIN:\n  SCALE: [600]\n")
+    with pytest.raises(ConfigError, match="wrong.yml: unknown config key TRAIN.SCALE; did you mean TRAIN.SCALES"):
+        C.load(wrong)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        C.load(tmp_path / "missing.yml")
+
+
+def test_override_derives_without_mutation() -> None:
+    base = C.Config()
+    stage = C.override(base, TRAIN={"HAS_RPN": True, "IMS_PER_BATCH": 1})
+    assert stage.TRAIN.HAS_RPN and stage.TRAIN.IMS_PER_BATCH == 1
+    assert base.TRAIN.HAS_RPN is False and base.TRAIN.IMS_PER_BATCH == 2
+    with pytest.raises(AttributeError):
+        base.TRAIN.HAS_RPN = True  # type: ignore[misc]

@@ -1,0 +1,253 @@
+"""py-faster-rcnn's proposal layer (``lib/rpn/proposal_layer.py``, REFERENCE §5), batched over images.
+
+Glossary of shape letters:
+
+- ``N``: images; ``H × W``: RPN feature map; ``A``: anchors per location; ``M = H·W·A`` anchors per image,
+  in the order ``(h·W + w)·A + a`` (see :mod:`frcnn_trt.anchors`).
+- ``R``: proposals kept over the whole batch (sorted by image, then by descending score).
+- ``im_info [N, 3]``: ``(blob_h, blob_w, im_scale)`` of each image (the scaled, unpadded image size).
+
+Per image, exactly as the original: decode every anchor (float32) → clip to ``(blob_h, blob_w)`` → drop
+boxes narrower or shorter than ``min_size · im_scale`` (+1 widths) → sort by foreground score, descending
+→ keep the first ``pre_nms_top_n`` if it is > 0 → NMS (IoU > ``nms_thresh`` suppressed, +1 geometry) →
+keep the first ``post_nms_top_n`` if it is > 0. Output rois ``[R, 5]`` = ``(batch_idx, x1, y1, x2, y2)``
+and scores ``[R, 1]``, both float32.
+
+Vectorised: one row-wise sort for all images, one batched NMS with the image index as the group (run on a
+growing prefix of each image's ranking when ``post_nms_top_n`` caps the output — exact, see
+:func:`_nms_prefix`); no Python loop over boxes or images. Ties in score are ordered by anchor index (the original's
+``argsort()[::-1]`` leaves their order unspecified). No gradient flows (the original has no backward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from frcnn_trt.anchors import AnchorGenerator, rpn_bbox_to_anchor_order, rpn_fg_scores_to_anchor_order
+from frcnn_trt.boxes import _nms_in_order, bbox_transform_inv, clip_boxes
+from frcnn_trt.errors import ModelError
+
+__all__ = ["ProposalLayer", "decode_proposals", "proposal_layer"]
+
+
+def _check_im_info(im_info: Tensor, n: int) -> None:
+    if im_info.dim() != 2 or im_info.shape[0] != n or im_info.shape[1] < 3:
+        raise ModelError(f"im_info must be [N={n}, 3] (blob_h, blob_w, im_scale), got {tuple(im_info.shape)}")
+
+
+@torch.no_grad()
+def decode_proposals(
+    scores_fg: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    im_info: Tensor,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float,
+    min_size: float,
+) -> tuple[Tensor, Tensor]:
+    """Proposals from per-anchor outputs in anchor order.
+
+    ``scores_fg [N, M]`` (foreground probability), ``deltas [N, M, 4]``, ``anchors [M, 4]``,
+    ``im_info [N, 3]`` → ``(rois [R, 5], scores [R, 1])`` float32 on the inputs' device.
+    ``pre_nms_top_n`` / ``post_nms_top_n`` ≤ 0 mean no cap. This is the post-processing every backend
+    shares (an exported RPN's outputs go through here too).
+    """
+    if scores_fg.dim() != 2:
+        raise ModelError(f"scores_fg must be [N, M], got {tuple(scores_fg.shape)}")
+    n, m = scores_fg.shape
+    if deltas.shape != (n, m, 4):
+        raise ModelError(f"deltas must be [N={n}, M={m}, 4], got {tuple(deltas.shape)}")
+    if anchors.shape != (m, 4):
+        raise ModelError(f"anchors must be [M={m}, 4], got {tuple(anchors.shape)}")
+    _check_im_info(im_info, n)
+    dev = scores_fg.device
+    f32 = torch.float32
+    scores = scores_fg.detach().to(f32)
+    info = im_info.detach().to(device=dev, dtype=f32)
+
+    # 1-2. decode in float32 and clip to each image's blob size
+    anchors32 = anchors.detach().to(device=dev, dtype=f32)
+    boxes = bbox_transform_inv(anchors32, deltas.detach().to(f32))  # [N, M, 4]
+    boxes = clip_boxes(boxes, info[:, None, :2])
+
+    # 3. min-size filter (+1 widths), threshold min_size · im_scale in float32 like the original
+    ws = boxes[..., 2] - boxes[..., 0] + 1
+    hs = boxes[..., 3] - boxes[..., 1] + 1
+    min_sz = (info[:, 2] * min_size).unsqueeze(1)  # [N, 1]
+    valid = (ws >= min_sz) & (hs >= min_sz)  # [N, M]
+
+    # 4. sort by score (stable, descending), valid boxes first
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    valid_sorted = valid.gather(1, order).to(torch.int8)
+    valid_first = torch.sort(valid_sorted, dim=1, descending=True, stable=True).indices
+    order = order.gather(1, valid_first)
+    n_cand = valid.sum(dim=1)  # [N]
+
+    # 5. pre-NMS cap
+    if pre_nms_top_n > 0:
+        order = order[:, : min(pre_nms_top_n, m)]
+        n_cand = n_cand.clamp(max=pre_nms_top_n)
+    t = order.shape[1]
+    cand = torch.arange(t, device=dev).unsqueeze(0) < n_cand.unsqueeze(1)  # [N, T]
+    img = torch.arange(n, device=dev).unsqueeze(1).expand(n, t)[cand]  # flattened (image, rank) order
+    idx = order[cand]
+    cand_boxes = boxes[img, idx]
+    cand_scores = scores[img, idx]
+
+    # 6. NMS per image (rows are already in priority order within each image)
+    if post_nms_top_n > 0:
+        rank = torch.arange(t, device=dev).unsqueeze(0).expand(n, t)[cand]
+        keep = _nms_prefix(cand_boxes, img, rank, n_cand, n, nms_thresh, post_nms_top_n)
+    else:
+        keep = _nms_in_order(cand_boxes, nms_thresh, img)  # ascending: still (image, rank) order
+
+    # 7. post-NMS cap: position of each kept box within its image
+    if post_nms_top_n > 0 and keep.numel() > 0:
+        kimg = img[keep]
+        pos = torch.arange(keep.numel(), device=dev) - torch.searchsorted(kimg, kimg)
+        keep = keep[pos < post_nms_top_n]
+
+    rois = torch.cat([img[keep].to(f32).unsqueeze(1), cand_boxes[keep]], dim=1)
+    return rois, cand_scores[keep].unsqueeze(1)
+
+
+def _nms_prefix(
+    boxes: Tensor, img: Tensor, rank: Tensor, n_cand: Tensor, n: int, thresh: float, post: int
+) -> Tensor:
+    """Greedy NMS on growing prefixes of each image's ranked candidates, stopping once every image has
+    ``post`` survivors (or has run out of candidates).
+
+    Exact: whether a box survives greedy NMS depends only on the boxes ranked before it, so the survivors
+    within a prefix are exactly the first survivors of the full run. Saves most of the O(R²) NMS work when
+    ``pre_nms_top_n`` is large (``rpn_generate``: ~20k candidates, 2000 kept). Returns ascending indices.
+    """
+    prefix = max(2 * post, 512)
+    most = int(n_cand.max()) if n > 0 else 0
+    while True:
+        sub = torch.nonzero(rank < prefix).squeeze(1)
+        keep = sub[_nms_in_order(boxes[sub], thresh, img[sub])]
+        if prefix >= most:
+            return keep
+        kimg = img[keep]
+        bounds = torch.searchsorted(kimg, torch.arange(n + 1, device=kimg.device, dtype=kimg.dtype))
+        kept = bounds[1:] - bounds[:-1]
+        done = (kept >= post) | (n_cand <= prefix)
+        if bool(done.all()):
+            return keep
+        # grow to where the slowest image should reach `post` at its survival rate so far (+20 %)
+        slowest = max(int(kept[~done].min()), 1)
+        prefix = max(2 * prefix, int(prefix * post / slowest * 1.2))
+
+
+def proposal_layer(
+    rpn_cls_prob: Tensor,
+    rpn_bbox_pred: Tensor,
+    im_info: Tensor,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float,
+    min_size: float,
+    feat_stride: int = 16,
+    anchor_scales: Sequence[float] = (8, 16, 32),
+    anchor_ratios: Sequence[float] = (0.5, 1, 2),
+) -> tuple[Tensor, Tensor]:
+    """Proposals from py-faster-rcnn blob layouts.
+
+    ``rpn_cls_prob (N, 2A, H, W)`` (softmax output, fg in channels ``A..2A-1``), ``rpn_bbox_pred
+    (N, 4A, H, W)`` (channel ``4a + k``), ``im_info [N, 3]`` → ``(rois [R, 5], scores [R, 1])``.
+    Builds the anchors on every call; :class:`ProposalLayer` caches them.
+    """
+    gen = AnchorGenerator(feat_stride=feat_stride, anchor_scales=anchor_scales, anchor_ratios=anchor_ratios)
+    return _blobs_to_proposals(
+        gen, rpn_cls_prob, rpn_bbox_pred, im_info, pre_nms_top_n=pre_nms_top_n,
+        post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size,
+    )
+
+
+def _blobs_to_proposals(
+    gen: AnchorGenerator,
+    rpn_cls_prob: Tensor,
+    rpn_bbox_pred: Tensor,
+    im_info: Tensor,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float,
+    min_size: float,
+) -> tuple[Tensor, Tensor]:
+    a = gen.num_anchors
+    if rpn_cls_prob.dim() != 4 or rpn_cls_prob.shape[1] != 2 * a:
+        raise ModelError(f"rpn_cls_prob must be (N, 2A={2 * a}, H, W), got {tuple(rpn_cls_prob.shape)}")
+    n, _, h, w = rpn_cls_prob.shape
+    if rpn_bbox_pred.shape != (n, 4 * a, h, w):
+        raise ModelError(f"rpn_bbox_pred must be (N={n}, 4A={4 * a}, H={h}, W={w}), got "
+                         f"{tuple(rpn_bbox_pred.shape)}")
+    anchors = gen(h, w, device=rpn_cls_prob.device)
+    return decode_proposals(
+        rpn_fg_scores_to_anchor_order(rpn_cls_prob), rpn_bbox_to_anchor_order(rpn_bbox_pred), anchors,
+        im_info,
+        pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size,
+    )
+
+
+class ProposalLayer(nn.Module):
+    """``forward(rpn_cls_prob (N, 2A, H, W), rpn_bbox_pred (N, 4A, H, W), im_info [N, 3])`` →
+    ``(rois [R, 5], scores [R, 1])``; see the module docstring. Anchors are cached per map size.
+
+    Defaults are py-faster-rcnn's TEST settings (6000 / 300 / 0.7 / 16); :meth:`from_config` picks the
+    TRAIN or TEST block like the original's ``str(self.phase)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        feat_stride: int = 16,
+        anchor_scales: Sequence[float] = (8, 16, 32),
+        anchor_ratios: Sequence[float] = (0.5, 1, 2),
+        pre_nms_top_n: int = 6000,
+        post_nms_top_n: int = 300,
+        nms_thresh: float = 0.7,
+        min_size: float = 16,
+    ) -> None:
+        super().__init__()
+        self.anchor_generator = AnchorGenerator(
+            feat_stride=feat_stride, anchor_scales=anchor_scales, anchor_ratios=anchor_ratios
+        )
+        self.pre_nms_top_n = int(pre_nms_top_n)
+        self.post_nms_top_n = int(post_nms_top_n)
+        self.nms_thresh = float(nms_thresh)
+        self.min_size = float(min_size)
+
+    @classmethod
+    def from_config(cls, cfg: Any, phase: str = "TEST") -> ProposalLayer:
+        """Build from ``cfg.MODEL.*`` and ``cfg.<phase>.RPN_{PRE,POST}_NMS_TOP_N``, ``RPN_NMS_THRESH``,
+        ``RPN_MIN_SIZE``."""
+        if phase not in ("TRAIN", "TEST"):
+            raise ModelError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}")
+        block = getattr(cfg, phase)
+        return cls(
+            feat_stride=cfg.MODEL.FEAT_STRIDE,
+            anchor_scales=cfg.MODEL.ANCHOR_SCALES,
+            anchor_ratios=cfg.MODEL.ANCHOR_RATIOS,
+            pre_nms_top_n=block.RPN_PRE_NMS_TOP_N,
+            post_nms_top_n=block.RPN_POST_NMS_TOP_N,
+            nms_thresh=block.RPN_NMS_THRESH,
+            min_size=block.RPN_MIN_SIZE,
+        )
+
+    def forward(self, rpn_cls_prob: Tensor, rpn_bbox_pred: Tensor, im_info: Tensor) -> tuple[Tensor, Tensor]:
+        return _blobs_to_proposals(
+            self.anchor_generator, rpn_cls_prob, rpn_bbox_pred, im_info, pre_nms_top_n=self.pre_nms_top_n,
+            post_nms_top_n=self.post_nms_top_n, nms_thresh=self.nms_thresh, min_size=self.min_size,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"pre_nms_top_n={self.pre_nms_top_n}, post_nms_top_n={self.post_nms_top_n}, "
+                f"nms_thresh={self.nms_thresh}, min_size={self.min_size}")

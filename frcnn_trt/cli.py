@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -23,7 +22,7 @@ _state: dict[str, Any] = {"verbose": False}
 class _ErrorsAsLines(TyperGroup):
     """Turn FrcnnError into one red line and exit code 1 (or a traceback with ``--verbose``)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except FrcnnError as exc:
@@ -35,7 +34,8 @@ class _ErrorsAsLines(TyperGroup):
 
 app = typer.Typer(
     cls=_ErrorsAsLines,
-    help="py-faster-rcnn in PyTorch: train (alt-opt / end2end), export to ONNX, run with TensorRT / ONNX Runtime.",
+    help="py-faster-rcnn in PyTorch: train (alt-opt / end2end), export to ONNX, run with TensorRT / ONNX "
+    "Runtime.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -54,9 +54,259 @@ def _main(
 
 
 # Options shared by several commands.
-DataRoot = Annotated[Path, typer.Option("--data-root", help="Folder holding VOCdevkit<year>/ (py-faster-rcnn's data/).")]
-ImdbName = Annotated[str, typer.Option("--imdb", help="voc_2007_trainval, a+b, voc:FOLDER[:split], coco:JSON[:IMAGES], synth:FOLDER:split")]
+DataRoot = Annotated[Path, typer.Option("--data-root", help="Folder holding VOCdevkit<year>/ (py-faster-rcnn's "
+                                        "data/).")]
+ImdbName = Annotated[str, typer.Option(
+    "--imdb", help="voc_2007_trainval, a+b, voc:FOLDER[:split], coco:JSON[:IMAGES], synth:FOLDER[:split]")]
+CfgFiles = Annotated[list[Path] | None, typer.Option("--cfg", help="YAML config file(s), applied in order.")]
+WITH_SET = {"allow_extra_args": True, "ignore_unknown_options": True}
+SET_HELP = (" Trailing `--set KEY VALUE ...` overrides config keys (py-faster-rcnn's form), e.g. "
+            "--set TRAIN.SCALES [480].")
+
+
+def _set_pairs(ctx: typer.Context) -> list[str]:
+    """py-faster-rcnn's ``--set KEY VALUE ...`` (argparse REMAINDER): everything after ``--set``."""
+    args = list(ctx.args)
+    if not args:
+        return []
+    if args[0] != "--set":
+        raise typer.BadParameter(f"unexpected arguments: {' '.join(args)} (config overrides go after --set)")
+    return args[1:]
+
+
+def _config(cfg_files: list[Path] | None, ctx: typer.Context, **sections: Any) -> Any:
+    from frcnn_trt import config as C
+
+    cfg = C.resolve(cfg_files or [], [])
+    if sections:
+        cfg = C.override(cfg, **sections)
+    return C.from_list(_set_pairs(ctx), cfg)
 
 
 def main() -> None:
     app()
+
+
+def _out() -> Any:
+    return console()
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (VOC layout: JPEGImages, Annotations, ImageSets).")],
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images in all (trainval + test).")] = 400,
+    width: Annotated[int, typer.Option(help="Typical image width.")] = 320,
+    height: Annotated[int, typer.Option(help="Typical image height.")] = 240,
+    classes: Annotated[str, typer.Option(help="Comma-separated shape classes.")] = "circle,square,triangle,star,cross",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Fraction of images in the test split.")] = 0.25,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier synthetic dataset in OUT.")] = False,
+) -> None:
+    """Make the synthetic shapes dataset (VOC format) used by the demo and the tests."""
+    from frcnn_trt.data.synthetic import make_synthetic_dataset
+
+    s = make_synthetic_dataset(out, num_images=num_images, image_size=(width, height),
+                               classes=[c.strip() for c in classes.split(",") if c.strip()], seed=seed,
+                               test_fraction=test_fraction, overwrite=overwrite)
+    _out().print(f"[green]wrote[/] {s.num_images} images ({s.num_trainval} trainval, {s.num_test} test) to {s.root}: "
+                 + ", ".join(f"{k} {v}" for k, v in s.objects_per_class.items())
+                 + f"; {s.num_difficult} difficult")
+    _out().print(f"imdb names: synth:{s.root}:trainval  synth:{s.root}:test")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    imdb: Annotated[str, typer.Argument(help="imdb name (voc_2007_trainval, voc:FOLDER[:split], "
+                                        "synth:FOLDER:split, ...)")],
+    data_root: DataRoot = Path("data"),
+    use_diff: Annotated[bool, typer.Option(help="Keep difficult objects in the roidb.")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail on the first bad record instead of skipping it.")] = False,
+    flipped: Annotated[bool, typer.Option(help="Count flipped copies as training does (TRAIN.USE_FLIPPED).")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+) -> None:
+    """Images, boxes per class, flipped count, and entries filtered (and why) for an imdb."""
+    from collections import Counter
+
+    from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.data.inspect import inspect_imdb, print_report
+    from frcnn_trt.data.roidb import build_training_roidb
+    from frcnn_trt.io import atomic_write_json
+
+    db = get_imdb(imdb, data_root, use_diff=use_diff, strict=strict)
+    report = inspect_imdb(db)
+    roidb = build_training_roidb(db, use_flipped=flipped, use_diff=use_diff, bbox_reg=False)
+    report.add_row("roidb", "training entries", str(len(roidb.entries)))
+    report.add_row("roidb", "flipped copies", str(sum(e.flipped for e in roidb.entries)))
+    report.add_row("roidb", "entries filtered", str(len(roidb.removed)))
+    for reason, n in Counter(r[2] for r in roidb.removed).most_common():
+        report.add_row("roidb", f"  filtered: {reason}", str(n))
+    print_report(report, _out())
+    if json_out:
+        atomic_write_json(json_out, report.to_dict())
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+@app.command("eval")
+def eval_cmd(
+    imdb: ImdbName,
+    dets: Annotated[Path, typer.Option("--dets", help="Detections: per-class results files (dir/glob), "
+                                       "COCO results JSON, or predictions.json.")],
+    data_root: DataRoot = Path("data"),
+    metric: Annotated[str, typer.Option(help="voc (py-faster-rcnn's voc_eval) or coco.")] = "voc",
+    use_07_metric: Annotated[bool | None, typer.Option(
+        "--use-07-metric/--no-use-07-metric", help="11-point AP (default: VOC year < 2010).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
+) -> None:
+    """Evaluate a detections file against an imdb: per-class AP table and mAP."""
+    from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.errors import ConfigError
+    from frcnn_trt.evaluation import evaluate_coco, evaluate_voc, format_ap_table, load_detections
+    from frcnn_trt.io import atomic_write_json
+
+    db = get_imdb(imdb, data_root)
+    annotations = db.annotations()
+    detections = load_detections(dets, db.classes, image_ids=[a.image_id for a in annotations])
+    if metric == "voc":
+        use07 = db.use_07_metric if use_07_metric is None else use_07_metric
+        result = evaluate_voc(annotations, detections, db.classes, use_07_metric=use07)
+    elif metric == "coco":
+        result = evaluate_coco(annotations, detections, db.classes)
+    else:
+        raise ConfigError(f"--metric must be voc or coco, got {metric!r}")
+    _out().print(format_ap_table(result, title=f"{db.name} · {dets}"))
+    if json_out:
+        atomic_write_json(json_out, result.to_json())
+        _out().print(f"wrote {json_out}")
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+train_app = typer.Typer(help="Train: end2end (approximate joint) or alt-opt (four stages).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _train_config(net: str, mode: str, cfg_files: list[Path] | None, ctx: typer.Context, **sections: Any) -> Any:
+    from frcnn_trt import config as C
+
+    files = list(cfg_files) if cfg_files else [C.default_for(net, mode)]
+    cfg = C.override(C.resolve(files), MODEL={"NET": net}, **sections)
+    return C.from_list(_set_pairs(ctx), cfg)
+
+
+def _output_dir(output: Path | None, cfg: Any, imdb_name: str) -> Path:
+    """py-faster-rcnn's ``output/<EXP_DIR>/<imdb name>/`` unless given."""
+    return output or Path("output") / cfg.EXP_DIR / imdb_name.replace("/", "_").replace(":", "_")
+
+
+@train_app.command("end2end", context_settings=WITH_SET,
+                   help="Approximate joint training (tools/train_net.py)." + SET_HELP)
+def train_end2end_cmd(
+    ctx: typer.Context,
+    imdb: ImdbName,
+    net: Annotated[str, typer.Option(help="VGG16, ZF, VGG_CNN_M_1024, tiny, resnet50_c4.")] = "VGG16",
+    weights: Annotated[Path | None, typer.Option(help="ImageNet weights (torchvision .pth or safetensors).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Iterations (SOLVER.MAX_ITERS; py-faster-rcnn: 70000).")] = None,
+    cfg_files: CfgFiles = None,
+    output: Annotated[Path | None, typer.Option(help="Output folder (default output/<EXP_DIR>/<imdb>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest snapshot in the output folder.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 (default: DEVICE of the config).")] = None,
+    data_root: DataRoot = Path("data"),
+) -> None:
+    from frcnn_trt import config as C
+    from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.train.end2end import train_end2end
+
+    cfg = _train_config(net, "end2end", cfg_files, ctx, **({"SOLVER": {"MAX_ITERS": iters}} if iters else {}))
+    db = get_imdb(imdb, data_root, use_diff=cfg.TRAIN.USE_DIFF)
+    out = _output_dir(output, cfg, db.name)
+    C.write_resolved(cfg, out)
+    path = train_end2end(cfg, db, out, weights=weights, resume=resume, device=device)
+    _out().print(f"[green]final model[/] {path}")
+    _out().print(f"next: frcnn-trt test --model {path} --imdb <test imdb>   or   frcnn-trt export {path}")
+
+
+# ------------------------------------------------------------------------------------------------ test
+
+
+@app.command("test", context_settings=WITH_SET, help="py-faster-rcnn's test_net: detect on an imdb, write "
+             "detections, print the per-class AP table." + SET_HELP)
+def test_cmd(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint (.safetensors with its .json sidecar).")],
+    imdb: ImdbName,
+    output: Annotated[Path | None, typer.Option(help="Folder for detections (default: next to the model).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
+    max_images: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    data_root: DataRoot = Path("data"),
+) -> None:
+    from frcnn_trt import config as C
+    from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.evaluation import format_ap_table
+    from frcnn_trt.inference import test_net
+    from frcnn_trt.train.checkpoint import load_checkpoint
+    from frcnn_trt.train.loop import resolve_device
+
+    net, info = load_checkpoint(model, resolve_device(device))
+    cfg = C.from_list(_set_pairs(ctx), net.cfg)
+    net.configure(cfg)
+    db = get_imdb(imdb, data_root)
+    if list(db.classes) != list(info.class_names):
+        from frcnn_trt.errors import DatasetError
+
+        raise DatasetError(f"{model} was trained on classes {info.class_names[1:]} but {db.name} has "
+                           f"{list(db.classes[1:])}")
+    out = output or model.parent / f"test_{db.name}"
+    C.write_resolved(cfg, out)
+    res = test_net(net, db, cfg, out, batch_size=batch_size, max_images=max_images)
+    if res.result is not None:
+        _out().print(format_ap_table(res.result, title=f"{model.name} on {db.name}"))
+    _out().print(f"detections in {out} ({res.seconds_per_image * 1000:.1f} ms/image)")
+
+
+@train_app.command("alt-opt", context_settings=WITH_SET,
+                   help="The four-stage alternating optimisation (tools/train_faster_rcnn_alt_opt.py): RPN, "
+                   "rpn_generate, Fast R-CNN, twice. rpn_generate runs on the fastest backend." + SET_HELP)
+def train_alt_opt_cmd(
+    ctx: typer.Context,
+    imdb: ImdbName,
+    net: Annotated[str, typer.Option(help="VGG16, ZF, VGG_CNN_M_1024, tiny, resnet50_c4.")] = "VGG16",
+    weights: Annotated[Path | None, typer.Option(help="ImageNet weights (torchvision .pth or safetensors).")] = None,
+    iters: Annotated[str | None, typer.Option(help="a,b,c,d iterations of the four stages "
+                                              "(py-faster-rcnn: 80000,40000,80000,40000).")] = None,
+    cfg_files: CfgFiles = None,
+    backend: Annotated[str, typer.Option(help="rpn_generate backend: auto, tensorrt, onnxruntime, torch.")] = "auto",
+    output: Annotated[Path | None, typer.Option(help="Output folder (default output/<EXP_DIR>/<imdb>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip finished stages, continue the one in progress.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 (default: DEVICE of the config).")] = None,
+    data_root: DataRoot = Path("data"),
+) -> None:
+    from rich.table import Table
+
+    from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.train.alt_opt import parse_iters, train_alt_opt, with_iters
+
+    cfg = _train_config(net, "alt_opt", cfg_files, ctx)
+    if iters:
+        cfg = with_iters(cfg, parse_iters(iters))
+    db = get_imdb(imdb, data_root, use_diff=cfg.TRAIN.USE_DIFF)
+    out = _output_dir(output, cfg, db.name)
+    res = train_alt_opt(cfg, db, out, weights=weights, backend=backend, resume=resume, device=device)
+    table = Table(title="alt-opt", title_justify="left")
+    table.add_column("step")
+    table.add_column("time", justify="right")
+    table.add_column("output")
+    for name, secs in res.seconds.items():
+        path = res.stage_checkpoints.get(name) or res.proposals.get(name)
+        extra = res.generate_stats.get(name)
+        note = f" ({extra['backend']}, {extra['ms_per_image']} ms/image)" if extra else ""
+        table.add_row(name, f"{secs:.1f} s", f"{path}{note}")
+    _out().print(table)
+    _out().print(f"[green]final model[/] {res.final}")
+    _out().print(f"next: frcnn-trt export {res.final}")

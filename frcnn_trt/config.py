@@ -325,6 +325,26 @@ def write_resolved(cfg: Config, directory: str | Path, name: str = "config.yaml"
     return path
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def builtin(name: str) -> Path:
+    """A config shipped in ``configs/`` (e.g. ``VGG16_end2end``); ConfigError listing them if absent."""
+    path = CONFIG_DIR / (name if name.endswith((".yml", ".yaml")) else f"{name}.yml")
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yml"))
+        close = difflib.get_close_matches(path.stem, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; shipped configs: {', '.join(names)}"
+        raise ConfigError(f"no shipped config {name!r}{hint}")
+    return path
+
+
+def default_for(net: str, mode: str) -> Path:
+    """The shipped config of ``net`` for ``mode`` ("end2end" | "alt_opt"), else py-faster-rcnn's yml."""
+    path = CONFIG_DIR / f"{net}_{mode}.yml"
+    return path if path.is_file() else CONFIG_DIR / f"faster_rcnn_{mode}.yml"
+
+
 def resolve(cfg_files: Iterable[str | Path] = (), set_pairs: list[str] | tuple[str, ...] = (),
             base: Config | None = None) -> Config:
     """Defaults ← each YAML file in order ← ``--set`` pairs."""
@@ -341,6 +361,8 @@ __all__ = [
     "SolverConfig",
     "TestConfig",
     "TrainConfig",
+    "builtin",
+    "default_for",
     "dump",
     "from_dict",
     "from_list",

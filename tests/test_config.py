@@ -8,7 +8,7 @@ import yaml
 from frcnn_trt import config as C
 from frcnn_trt.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a link to frcnn_trt/configs
 
 
 def test_defaults_match_py_faster_rcnn() -> None:
@@ -83,11 +83,11 @@ def test_bad_values_name_the_key(pairs: list[str], message: str) -> None:
 def test_bad_files_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("TRAIN: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yml: invalid YAML"):
         C.load(bad)
     wrong = tmp_path / "wrong.yml"
     wrong.write_text("TRAIN:\n  SCALE: [600]\n")
-    with pytest.raises(ConfigError, match="wrong.yml: unknown config key TRAIN.SCALE; did you mean TRAIN.SCALES"):
+    with pytest.raises(ConfigError, match=r"wrong\.yml: unknown config key TRAIN\.SCALE; did you mean TRAIN\.SCALES"):
         C.load(wrong)
     with pytest.raises(ConfigError, match="cannot read config file"):
         C.load(tmp_path / "missing.yml")

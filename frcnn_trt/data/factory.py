@@ -66,7 +66,7 @@ def get_imdb(name: str, data_root: Path | str = "data", *, use_diff: bool = Fals
         root = _resolve(folder, data_root)
         if kind == "synth" and not (root / "classes.txt").is_file():
             hint = (
-                "it does not exist; create it with make_synthetic_dataset (`data synth`)"
+                "it does not exist; create it with `frcnn-trt data synth FOLDER`"
                 if not root.exists()
                 else "it has no classes.txt, so it was not written by make_synthetic_dataset"
             )

@@ -1,0 +1,1 @@
+"""frcnn_trt.train"""

@@ -1,0 +1,173 @@
+"""py-faster-rcnn's ``rpn_generate`` on the engines layer, and the proposals file it writes.
+
+The just-trained RPN proposes boxes for every (unflipped) image of an imdb: single scale, no pre-NMS cap,
+NMS 0.7, the top 2000 kept, boxes divided by the image scale (original-image pixels). The RPN runs on the
+fastest backend that can run here (TensorRT > ONNX Runtime > torch, or the one asked for): the model is
+exported first and its ``rpn.onnx`` is what runs. The ProposalLayer maths (decode, clip, min size, sort,
+NMS) is the shared torch code of :mod:`frcnn_trt.proposals`: py-faster-rcnn's uncapped rpn_generate does
+not fit TensorRT's in-graph NMS/TopK limits (RUNTIME.md).
+
+Proposals file (``NAME.npz`` + ``NAME.json``, both written atomically): ``boxes [P, 4]`` float32,
+``scores [P]`` float32, ``counts [N]`` int64 (images in ``image_ids`` order), and a sidecar with the image
+ids, the settings, the backend that ran and the SHA-256 of the model that produced them. A resumed alt-opt
+run reuses a proposals file only when its model hash and settings match.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from frcnn_trt.data.images import read_image
+from frcnn_trt.errors import DatasetError, FrcnnError
+from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from frcnn_trt.log import get_logger
+
+logger = get_logger("rpn_generate")
+
+FORMAT = "frcnn-trt-proposals"
+
+
+@dataclass
+class Proposals:
+    """Proposals of an image set: ``boxes[image_id] -> float32 [P, 4]`` (original pixels), scores alike."""
+
+    image_ids: list[str]
+    boxes: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    def as_mapping(self) -> Mapping[str, np.ndarray]:
+        return self.boxes
+
+
+def save_proposals(path: str | Path, proposals: Proposals) -> Path:
+    path = Path(path).with_suffix(".npz")
+    ids = proposals.image_ids
+    boxes = [np.asarray(proposals.boxes[i], np.float32).reshape(-1, 4) for i in ids]
+    scores = [np.asarray(proposals.scores[i], np.float32).reshape(-1) for i in ids]
+    buf = io.BytesIO()
+    np.savez(buf, boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+             scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
+             counts=np.array([len(b) for b in boxes], np.int64))
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_json(path.with_suffix(".json"), {"format": FORMAT, "image_ids": ids, "npz_sha256": sha256_bytes(data),
+                                                  **proposals.meta})
+    return path
+
+
+def load_proposals(path: str | Path) -> Proposals:
+    path = Path(path).with_suffix(".npz")
+    side = path.with_suffix(".json")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"proposals sidecar {side} is missing or unreadable: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DatasetError(f"{side} is not a frcnn-trt proposals file")
+    try:
+        if sha256_file(path) != meta.get("npz_sha256"):
+            raise DatasetError(f"proposals file {path} does not match its sidecar's SHA-256 (corrupt or replaced)")
+        with np.load(path, allow_pickle=False) as z:
+            boxes, scores, counts = z["boxes"], z["scores"], z["counts"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DatasetError(f"proposals file {path} is unreadable: {exc}") from None
+    ids = list(meta.pop("image_ids"))
+    if len(ids) != len(counts) or int(counts.sum()) != len(boxes):
+        raise DatasetError(f"proposals file {path}: {len(ids)} image ids but {len(counts)} counts / {len(boxes)} boxes")
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    return Proposals(ids, {i: boxes[s:e] for i, s, e in zip(ids, starts, ends, strict=True)},
+                     {i: scores[s:e] for i, s, e in zip(ids, starts, ends, strict=True)}, meta)
+
+
+def generate_settings(cfg: Any) -> dict[str, Any]:
+    """The settings a proposals file depends on (py-faster-rcnn's rpn_generate overrides, REFERENCE §1)."""
+    t = cfg.TEST
+    return {"pre_nms_top_n": -1, "post_nms_top_n": 2000, "nms_thresh": t.RPN_NMS_THRESH,
+            "min_size": t.RPN_MIN_SIZE, "scale": t.SCALES[0], "max_size": t.MAX_SIZE,
+            "anchor_scales": list(cfg.MODEL.ANCHOR_SCALES), "anchor_ratios": list(cfg.MODEL.ANCHOR_RATIOS)}
+
+
+def reusable(path: Path, model_sha: str, settings: Mapping[str, Any], image_ids: Sequence[str]) -> bool:
+    """Whether an existing proposals file was made by this model with these settings for these images."""
+    if not path.with_suffix(".npz").exists():
+        return False
+    try:
+        p = load_proposals(path)
+    except FrcnnError as exc:
+        logger.warning("%s: %s; generating again", path, exc)
+        return False
+    same = (p.meta.get("model_sha256") == model_sha and p.meta.get("settings") == dict(settings)
+            and p.image_ids == list(image_ids))
+    if not same:
+        logger.info("%s was made by another model or with other settings; generating again", path.name)
+    return same
+
+
+def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Path, *, backend: str = "auto",
+                 device: str | None = None, batch_size: int = 1, resume: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Proposals of ``checkpoint``'s RPN for every image of ``imdb`` → a proposals file; returns it and stats.
+
+    ``backend``: ``auto`` | ``tensorrt`` | ``onnxruntime`` | ``torch``. Every backend but torch runs the
+    exported ``rpn.onnx`` (exported next to ``out_path``).
+    """
+    from frcnn_trt.engines.detector import Detector
+
+    out_path = Path(out_path).with_suffix(".npz")
+    annotations = imdb.annotations()
+    image_ids = [a.image_id for a in annotations]
+    settings = generate_settings(cfg)
+    model_sha = sha256_file(Path(checkpoint).with_suffix(".safetensors"))
+    if resume and reusable(out_path, model_sha, settings, image_ids):
+        logger.info("reusing %s (same model and settings)", out_path)
+        return out_path, load_proposals(out_path).meta.get("stats", {})
+
+    t0 = time.perf_counter()
+    if backend == "torch":
+        det = Detector.from_checkpoint(checkpoint, "torch", device=device)
+    else:
+        from frcnn_trt.export.onnx_export import run_export
+        from frcnn_trt.log import console
+
+        export_dir = out_path.with_name(out_path.stem + "_export")
+        run_export(checkpoint, export_dir, parity=False, console=console(stderr=True))
+        det = Detector.from_export(export_dir, backend, device=device)
+    t_load = time.perf_counter() - t0
+    logger.info("rpn_generate: %s on %d images with %s", Path(checkpoint).name, len(image_ids), det.describe())
+
+    boxes: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
+    t1 = time.perf_counter()
+    timing: dict[str, float] = {}
+    for start in range(0, len(annotations), batch_size):
+        chunk = annotations[start:start + batch_size]
+        ims = [read_image(a.path) for a in chunk]
+        for a, (b, s) in zip(chunk, det.propose(ims, settings["pre_nms_top_n"], settings["post_nms_top_n"]),
+                             strict=True):
+            boxes[a.image_id], scores[a.image_id] = b, s
+        for k, v in det.last_timing.to_dict().items():
+            if isinstance(v, (int, float)):
+                timing[k] = timing.get(k, 0.0) + float(v)
+        done = start + len(chunk)
+        if done % 500 < batch_size or done == len(annotations):
+            logger.info("rpn_generate: %d/%d images", done, len(annotations))
+    seconds = time.perf_counter() - t1
+    counts = [len(boxes[i]) for i in image_ids]
+    stats = {"backend": det.describe(), "images": len(image_ids), "seconds": round(seconds, 3),
+             "ms_per_image": round(1000 * seconds / max(len(image_ids), 1), 2), "setup_seconds": round(t_load, 3),
+             "mean_proposals": round(float(np.mean(counts)) if counts else 0.0, 1)}
+    meta = {"settings": settings, "model": str(checkpoint), "model_sha256": model_sha, "imdb": imdb.name,
+            "backend": det.backend.name, "stats": stats}
+    save_proposals(out_path, Proposals(image_ids, boxes, scores, meta))
+    logger.info("rpn_generate: %d images in %.1f s (%.1f ms/image, %s), %.0f proposals/image → %s",
+                len(image_ids), seconds, stats["ms_per_image"], det.backend.name, stats["mean_proposals"], out_path)
+    return out_path, stats

@@ -1,0 +1,71 @@
+"""The command line through typer's CliRunner: every command on the small synthetic set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from frcnn_trt.cli import app
+
+runner = CliRunner()
+
+SMALL = ["--set", "TRAIN.SCALES", "[112]", "TRAIN.MAX_SIZE", "160", "TEST.SCALES", "[112]", "TEST.MAX_SIZE", "160",
+         "MODEL.ANCHOR_SCALES", "[2,4,8]", "TRAIN.RPN_MIN_SIZE", "4", "TEST.RPN_MIN_SIZE", "4",
+         "TRAIN.NUM_WORKERS", "0", "TRAIN.SNAPSHOT_ITERS", "0", "DEVICE", "cpu"]
+
+
+def _ok(args: list[str]) -> str:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return res.output
+
+
+def test_help_lists_every_command() -> None:
+    out = _ok(["--help"])
+    for cmd in ("data", "train", "test", "eval"):
+        assert cmd in out
+    assert "end2end" in _ok(["train", "--help"]) and "alt-opt" in _ok(["train", "--help"])
+
+
+def test_project_errors_are_one_red_line(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["data", "inspect", f"synth:{tmp_path}/missing:trainval"])
+    assert res.exit_code == 1
+    assert "error:" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["--verbose", "data", "inspect", "voc_2042_nosuch"])
+    assert res.exit_code != 0 and res.exception is not None
+
+
+def test_bad_set_override_names_the_key(synth_dir: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["train", "end2end", "--net", "tiny", "--imdb", f"synth:{synth_dir}:trainval",
+                              "--output", str(tmp_path), "--set", "TRAIN.SCALE", "[100]"])
+    assert res.exit_code == 1 and "TRAIN.SCALE; did you mean TRAIN.SCALES" in res.output
+
+
+def test_synth_inspect_train_test_eval(tmp_path: Path) -> None:
+    data = tmp_path / "shapes"
+    out = _ok(["data", "synth", str(data), "-n", "10", "--width", "160", "--height", "120"])
+    assert "10 images" in out
+    out = _ok(["data", "inspect", f"synth:{data}:trainval"])
+    assert "flipped copies" in out and "objects per class" in out
+    run = tmp_path / "run"
+    out = _ok(["train", "end2end", "--net", "tiny", "--imdb", f"synth:{data}:trainval", "--iters", "2",
+               "--output", str(run), *SMALL])
+    ckpt = run / "end2end_final.safetensors"
+    assert ckpt.exists() and (run / "config.yaml").exists() and "final model" in out
+    out = _ok(["test", "--model", str(ckpt), "--imdb", f"synth:{data}:test", "--output", str(tmp_path / "t")])
+    assert "mAP" in out or "mean" in out.lower()
+    preds = tmp_path / "t" / "predictions.json"
+    assert isinstance(json.loads(preds.read_text()), list)
+    for dets in (preds, tmp_path / "t" / "results"):
+        out = _ok(["eval", "--imdb", f"synth:{data}:test", "--dets", str(dets), "--json", str(tmp_path / "e.json")])
+    assert json.loads((tmp_path / "e.json").read_text())["metric"] in ("voc", "voc07")
+
+
+@pytest.mark.parametrize("bad", ["1,2", "x,1,1,1"])
+def test_alt_opt_bad_iters(bad: str, synth_dir: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["train", "alt-opt", "--net", "tiny", "--imdb", f"synth:{synth_dir}:trainval",
+                              "--iters", bad, "--output", str(tmp_path)])
+    assert res.exit_code == 1 and "--iters" in res.output

@@ -1,0 +1,202 @@
+"""The ONNX Runtime backend: ``rpn.onnx`` and ``detector.onnx`` in two inference sessions.
+
+Glossary: ``N`` images, ``R`` RoIs, ``K`` classes including background (see :mod:`frcnn_trt.engines.base`).
+
+- The ``frcnn.RoIPool`` node of ``detector.onnx`` is rewritten to ONNX's ``MaxRoiPool`` (same Caffe maths,
+  bit-identical to torchvision) by :func:`frcnn_trt.ops.roi_pool.to_onnxruntime` before the session is built.
+- Execution provider: the CPU EP, or the CUDA EP when torch sees a GPU *and* the session really keeps it.
+  ``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` even on a machine without a GPU (or without the CUDA
+  libraries), and ONNX Runtime then silently drops it: we look at ``session.get_providers()`` and refuse
+  (``BackendError``) instead of pretending. On CUDA, inputs and outputs stay on the GPU through IO binding.
+  (The CUDA EP has no ``MaxRoiPool`` kernel: ORT runs that one node on the CPU and copies around it.)
+- Threads: ``intra_op_threads=None`` leaves ONNX Runtime's default (one per physical core).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from frcnn_trt.engines.base import Backend, resolve_device
+from frcnn_trt.errors import BackendError, ExportError
+from frcnn_trt.export.metadata import ExportInfo
+
+__all__ = ["OnnxRuntimeBackend", "availability"]
+
+log = logging.getLogger("frcnn_trt.engines.onnxruntime")
+
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def availability(device: torch.device) -> tuple[bool, str]:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return False, f"onnxruntime is not installed ({exc})"
+    providers = ort.get_available_providers()
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in providers:
+            return False, f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)"
+        return True, f"onnxruntime {ort.__version__}, CUDAExecutionProvider (kept only if the session accepts it)"
+    return True, f"onnxruntime {ort.__version__}, CPUExecutionProvider"
+
+
+def _session_options(intra_op_threads: int | None, opt_level: str) -> Any:
+    import onnxruntime as ort
+
+    if opt_level not in _OPT_LEVELS:
+        raise BackendError(f"graph optimisation level must be one of {', '.join(_OPT_LEVELS)}, got {opt_level!r}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    if intra_op_threads is not None:
+        if intra_op_threads < 0:
+            raise BackendError(f"intra_op_threads must be ≥ 0 (0 = ONNX Runtime's default), got {intra_op_threads}")
+        so.intra_op_num_threads = int(intra_op_threads)
+    so.log_severity_level = 3  # warnings about hardware-specific (NCHWc) optimisations are noise here
+    return so
+
+
+class OnnxRuntimeBackend(Backend):
+    """Run ``rpn.onnx`` / ``detector.onnx`` with ONNX Runtime on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        rpn_model: str | Path | bytes,
+        detector_model: str | Path | bytes,
+        *,
+        device: str | torch.device | None = None,
+        intra_op_threads: int | None = None,
+        graph_optimization: str = "all",
+        precision: str = "fp32",
+        io_binding: bool | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError(f"the onnxruntime backend needs the onnxruntime package: {exc}") from None
+        self.device = resolve_device(device)
+        self.io_binding = self.device.type == "cuda" if io_binding is None else bool(io_binding)
+        self.precision = precision
+        self.intra_op_threads = intra_op_threads
+        self.graph_optimization = graph_optimization
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError(f"device {self.device} asked of onnxruntime {ort.__version__}, which has no "
+                                   "CUDAExecutionProvider (install onnxruntime-gpu), or use device='cpu'")
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self.device = torch.device("cuda", index)
+            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        elif self.device.type == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise BackendError(f"the onnxruntime backend runs on cpu or cuda, not {self.device}")
+        so = _session_options(intra_op_threads, graph_optimization)
+        self.rpn_session = self._session(rpn_model, so, providers, rewrite=False)
+        self.detector_session = self._session(detector_model, so, providers, rewrite=True)
+        self.provider = self.rpn_session.get_providers()[0]
+        self._rpn_outputs = [o.name for o in self.rpn_session.get_outputs()]
+        self._det_outputs = [o.name for o in self.detector_session.get_outputs()]
+        self._rpn_input = self.rpn_session.get_inputs()[0].name
+        self._det_inputs = [i.name for i in self.detector_session.get_inputs()]
+        if len(self._rpn_outputs) != 3 or len(self._det_outputs) != 2 or len(self._det_inputs) != 2:
+            raise BackendError(f"unexpected graph signature: rpn outputs {self._rpn_outputs}, detector inputs "
+                               f"{self._det_inputs} / outputs {self._det_outputs}")
+
+    def _session(self, model: str | Path | bytes, so: Any, providers: list[Any], rewrite: bool) -> Any:
+        import onnx
+        import onnxruntime as ort
+
+        from frcnn_trt.ops.roi_pool import to_onnxruntime
+
+        where = "<bytes>" if isinstance(model, bytes) else str(model)
+        try:
+            if rewrite:
+                proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+                payload: bytes = to_onnxruntime(proto).SerializeToString()
+            else:
+                payload = model if isinstance(model, bytes) else Path(model).read_bytes()
+        except ExportError as exc:
+            raise BackendError(f"{where}: {exc}") from None
+        except (OSError, ValueError) as exc:  # onnx's DecodeError is a ValueError subclass
+            raise BackendError(f"cannot read ONNX model {where}: {exc}") from None
+        try:
+            session = ort.InferenceSession(payload, so, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BackendError(f"onnxruntime cannot load {where}: {exc}") from None
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            raise BackendError(f"onnxruntime dropped the CUDAExecutionProvider for {where} (CUDA/cuDNN "
+                               f"libraries missing or mismatched?); session providers: {session.get_providers()}."
+                               " Use device='cpu' or fix the CUDA install")
+        return session
+
+    @classmethod
+    def from_export(cls, info: ExportInfo, device: str | torch.device | None = None, **options: Any
+                    ) -> OnnxRuntimeBackend:
+        precision = "fp16" if "fp16" in info.precision.values() else "fp32"
+        return cls(info.rpn_path, info.detector_path, device=device, precision=precision, **options)
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def _run(self, session: Any, names: list[str], inputs: dict[str, Tensor]) -> list[Tensor]:
+        if not self.io_binding:
+            feeds = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in inputs.items()}
+            return [torch.from_numpy(a) for a in session.run(names, feeds)]
+        return self._run_bound(session, names, inputs)
+
+    def _run_bound(self, session: Any, names: list[str], inputs: dict[str, Tensor]) -> list[Tensor]:
+        """IO binding: ORT reads the torch tensors in place and allocates outputs on the device, which come
+        back to torch through DLPack (no host round trip on CUDA)."""
+        kind = self.device.type
+        index = self.device.index or 0
+        binding = session.io_binding()
+        keep = []  # the bound tensors must outlive the run
+        for k, v in inputs.items():
+            t = v.detach().to(self.device).contiguous()
+            keep.append(t)
+            binding.bind_input(k, kind, index, _np_dtype(t.dtype), list(t.shape), t.data_ptr())
+        for name in names:
+            binding.bind_output(name, kind, index)
+        if kind == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # inputs written on torch's stream
+        session.run_with_iobinding(binding)
+        if kind == "cuda":
+            binding.synchronize_outputs()
+        out = []
+        for value in binding.get_outputs():
+            if hasattr(value, "__dlpack__"):
+                out.append(torch.from_dlpack(value))
+            else:  # pragma: no cover - builds without DLPack: one copy through the host
+                out.append(torch.from_numpy(value.numpy()).to(self.device))
+        del keep
+        return out
+
+    def run_rpn(self, blob: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        f, p, d = self._run(self.rpn_session, self._rpn_outputs, {self._rpn_input: blob.to(torch.float32)})
+        return f, p, d
+
+    def run_detector(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        feats_name, rois_name = self._det_inputs
+        c, b = self._run(self.detector_session, self._det_outputs,
+                         {feats_name: features, rois_name: rois.to(torch.float32)})
+        return c, b
+
+    def describe(self) -> str:
+        threads = self.intra_op_threads if self.intra_op_threads is not None else "default"
+        return (f"onnxruntime ({self.provider}, {self.precision}, intra-op threads {threads}, "
+                f"opt {self.graph_optimization})")
+
+
+def _np_dtype(dtype: torch.dtype) -> Any:
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]

@@ -1,0 +1,158 @@
+"""``export.json``: everything an engine needs to run an export the way the training code would.
+
+An export directory holds ``rpn.onnx``, ``detector.onnx`` and ``export.json``:
+
+- ``class_names`` (index 0 = ``__background__``), ``net``;
+- ``preprocessing``: BGR pixel means, the scale rule (``target_size`` / ``max_size``), blob layout;
+- ``anchors``: base anchors ``[A, 4]``, feature stride, scales, ratios, the flattened anchor order;
+- ``proposals``: the ProposalLayer settings for ``test`` (TEST 6000/300/0.7/16) and ``rpn_generate``
+  (−1/2000, alt-opt's proposal generation);
+- ``test``: score threshold, NMS, max detections per image, bbox regression on/off;
+- ``shape_profiles``: min/opt/max of every dynamic input (TensorRT optimisation profiles);
+- ``opset``, ``versions``, ``source`` (checkpoint path + SHA-256), ``precision`` per file;
+- ``files``: SHA-256, size, inputs and outputs of every other file in the directory;
+- ``parity``: the ONNX Runtime vs torch check run after the export (and FP16 vs FP32 when exported so).
+
+:func:`load_export` reads and validates a directory: a missing or unreadable ``export.json``, a missing file,
+a size or SHA-256 mismatch raise :class:`~frcnn_trt.errors.ExportError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frcnn_trt.errors import ExportError
+from frcnn_trt.io import sha256_file
+
+__all__ = [
+    "DETECTOR_FILE",
+    "EXPORT_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RPN_FILE",
+    "ExportInfo",
+    "load_export",
+    "versions",
+]
+
+FORMAT = "frcnn-trt-export"
+FORMAT_VERSION = 1
+EXPORT_FILE = "export.json"
+RPN_FILE = "rpn.onnx"
+DETECTOR_FILE = "detector.onnx"
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the packages an export depends on (``None`` for one that is not installed)."""
+    import importlib.metadata as md
+
+    from frcnn_trt import __version__
+
+    out: dict[str, str | None] = {"frcnn_trt": __version__}
+    for key, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("onnx", "onnx"),
+                      ("onnxscript", "onnxscript")):
+        try:
+            out[key] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[key] = None
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = str(onnxruntime.__version__)
+    except ImportError:
+        out["onnxruntime"] = None
+    return out
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """A validated export directory: its path and the parsed ``export.json``."""
+
+    directory: Path
+    data: dict[str, Any] = field(repr=False)
+
+    # ------------------------------------------------------------------ convenient views of the JSON
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data["class_names"])
+
+    @property
+    def net(self) -> str:
+        return str(self.data["net"])
+
+    @property
+    def rpn_path(self) -> Path:
+        return self.directory / RPN_FILE
+
+    @property
+    def detector_path(self) -> Path:
+        return self.directory / DETECTOR_FILE
+
+    @property
+    def precision(self) -> dict[str, str]:
+        return dict(self.data["precision"])
+
+    @property
+    def source_checkpoint(self) -> dict[str, Any]:
+        return dict(self.data.get("source") or {})
+
+    def file_sha256(self, name: str) -> str:
+        return str(self.data["files"][name]["sha256"])
+
+
+_REQUIRED = ("class_names", "net", "preprocessing", "anchors", "proposals", "test", "files", "precision")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ExportError(f"{path} not found: not an export directory (run `frcnn-trt export` first)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} is unreadable or not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ExportError(f"{path} is not a frcnn-trt export.json (format={got!r})")
+    if int(data.get("format_version", -1)) > FORMAT_VERSION:
+        raise ExportError(f"{path} has format_version {data.get('format_version')}; this frcnn-trt reads "
+                          f"<= {FORMAT_VERSION}: upgrade frcnn-trt")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ExportError(f"{path} lacks field(s) {', '.join(missing)}")
+    return data
+
+
+def load_export(directory: str | Path, *, verify: bool = True) -> ExportInfo:
+    """Read ``directory/export.json`` and check every listed file (presence, size; SHA-256 if ``verify``)."""
+    root = Path(directory)
+    if not root.exists():
+        raise ExportError(f"export directory {root} does not exist")
+    if not root.is_dir():
+        raise ExportError(f"export path {root} is not a directory (give the folder holding export.json)")
+    data = _read_json(root / EXPORT_FILE)
+    files = data["files"]
+    if not isinstance(files, Mapping) or RPN_FILE not in files or DETECTOR_FILE not in files:
+        raise ExportError(f"{root / EXPORT_FILE}: 'files' must list {RPN_FILE} and {DETECTOR_FILE}")
+    for name, entry in files.items():
+        path = root / name
+        if not path.is_file():
+            raise ExportError(f"export file {path} is missing (listed in {EXPORT_FILE})")
+        size = path.stat().st_size
+        if int(entry.get("size", -1)) != size:
+            raise ExportError(f"export file {path} has {size} bytes, {EXPORT_FILE} records {entry.get('size')}:"
+                              " the file is truncated or was replaced; re-export")
+        if verify:
+            digest = sha256_file(path)
+            if digest != entry.get("sha256"):
+                raise ExportError(f"export file {path}: SHA-256 {digest[:12]}… differs from the "
+                                  f"{str(entry.get('sha256'))[:12]}… in {EXPORT_FILE}: the file is corrupt or "
+                                  "was modified; re-export")
+    return ExportInfo(root, data)

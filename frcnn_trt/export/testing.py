@@ -1,0 +1,52 @@
+"""A tiny random-weight model and its export, for tests and examples (CPU, a few seconds).
+
+``tiny_config()`` is the small CPU net with anchors scaled to small images (scales 2, 4, 8; test scale 240,
+max 400, RPN min size 4). :func:`tiny_export` writes (or reuses) its checkpoint and export in a folder, so
+several test modules of one pytest session can share one export through ``tmp_path_factory.getbasetemp()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from frcnn_trt.errors import ExportError
+
+__all__ = ["tiny_config", "tiny_export"]
+
+TINY_CLASSES = 4
+
+
+def tiny_config() -> Any:
+    from frcnn_trt import config
+
+    return config.override(config.Config(), MODEL={"NET": "tiny", "ANCHOR_SCALES": [2, 4, 8]},
+                           TEST={"SCALES": [240], "MAX_SIZE": 400, "RPN_MIN_SIZE": 4})
+
+
+def tiny_export(root: str | Path, *, fp16: bool = False, parity: bool = True) -> tuple[Path, Path]:
+    """``(checkpoint, export_dir)`` under ``root``: a random tiny model (RPN scores spread out, so proposals
+    are not near-ties) and its export with the parity check (2 synthetic images). Reused when present."""
+    from frcnn_trt.export.metadata import load_export
+    from frcnn_trt.export.onnx_export import export_model, random_checkpoint, run_parity
+    from frcnn_trt.export.parity import synthetic_images
+    from frcnn_trt.io import sha256_file
+    from frcnn_trt.train.checkpoint import load_checkpoint
+
+    root = Path(root)
+    ckpt = root / "tiny_final.safetensors"
+    out = root / ("tiny_export_fp16" if fp16 else "tiny_export")
+    if ckpt.is_file() and (out / "export.json").is_file():
+        try:
+            load_export(out, verify=False)
+            return ckpt, out
+        except ExportError:
+            pass
+    if not ckpt.is_file():
+        random_checkpoint(ckpt, net="tiny", num_classes=TINY_CLASSES, cfg=tiny_config(), seed=0, rpn_spread=50.0)
+    model, info = load_checkpoint(ckpt)
+    result = export_model(model, cfg=tiny_config(), class_names=info.class_names, output_dir=out, fp16=fp16,
+                          source={"checkpoint": str(ckpt.resolve()), "sha256": sha256_file(ckpt)})
+    if parity:
+        run_parity(result, model, synthetic_images(2, sizes=((150, 200), (200, 133))))
+    return ckpt, out

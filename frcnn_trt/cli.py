@@ -88,7 +88,11 @@ def main() -> None:
 
 
 def _out() -> Any:
-    return console()
+    from rich.console import Console
+
+    from frcnn_trt.train.distributed import is_main_process
+
+    return console() if is_main_process() else Console(quiet=True)  # under torchrun only rank 0 prints
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -234,8 +238,8 @@ def train_end2end_cmd(
 # ------------------------------------------------------------------------------------------------ test
 
 
-@app.command("test", context_settings=WITH_SET, help="py-faster-rcnn's test_net: detect on an imdb, write "
-             "detections, print the per-class AP table." + SET_HELP)
+@app.command("test", context_settings=WITH_SET, help="py-faster-rcnn's test_net: detections and the per-class AP "
+             "table for an imdb." + SET_HELP)
 def test_cmd(
     ctx: typer.Context,
     model: Annotated[Path, typer.Option("--model", help="Checkpoint (.safetensors with its .json sidecar).")],
@@ -310,3 +314,97 @@ def train_alt_opt_cmd(
     _out().print(table)
     _out().print(f"[green]final model[/] {res.final}")
     _out().print(f"next: frcnn-trt export {res.final}")
+
+
+# ------------------------------------------------------------------------------------------------ deploy
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path | None, typer.Argument(help="Checkpoint (default: the newest *final* model under "
+                                                 "output/).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Export folder (default: next to the "
+                                                "checkpoint).")] = None,
+    fp16: Annotated[bool, typer.Option(help="FP16 graphs (decoding, softmax and NMS stay FP32).")] = False,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset, 18-21 (default 20).")] = None,
+    parity_images: Annotated[list[Path] | None, typer.Option(help="Images for the parity check (default: "
+                                                             "synthetic).")] = None,
+    parity_count: Annotated[int, typer.Option(help="Synthetic images for the parity check.")] = 2,
+    parity: Annotated[bool, typer.Option(help="Run the ONNX Runtime vs torch parity check.")] = True,
+    max_batch: Annotated[int, typer.Option(help="Largest batch in the shape profiles.")] = 4,
+) -> None:
+    """rpn.onnx + detector.onnx (custom frcnn::RoIPool node) + export.json, with a parity report."""
+    from frcnn_trt.export.onnx_export import run_export
+
+    run_export(model, output, fp16=fp16, opset=opset, parity_images=parity_images,
+               num_parity_images=parity_count, parity=parity, max_batch=max_batch, console=_out())
+
+
+@app.command("detect")
+def detect_cmd(
+    source: Annotated[str, typer.Argument(help="A folder, an image file, or a glob ('imgs/**/*.jpg').")],
+    export: Annotated[Path | None, typer.Option("--export", help="Export folder (frcnn-trt export).")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="A checkpoint, run eagerly by torch.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, torch.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1.")] = None,
+    conf: Annotated[float | None, typer.Option(help="Score threshold (default 0.05, as test_net).")] = None,
+    nms: Annotated[float | None, typer.Option(help="Per-class NMS IoU (default 0.3).")] = None,
+    max_dets: Annotated[int | None, typer.Option(help="Detections per image (default 100).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Run folder (default runs/detect/expN).")] = None,
+    save_images: Annotated[bool, typer.Option(help="Write annotated images.")] = True,
+    coco_json: Annotated[Path | None, typer.Option(help="Also write COCO results JSON here.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Leading batches left out of the speed report.")] = 1,
+) -> None:
+    """Detect objects in images: annotated images, predictions.json, speed per phase."""
+    from frcnn_trt.detect import run_detect
+    from frcnn_trt.errors import ConfigError
+
+    if (export is None) == (weights is None):
+        raise ConfigError("give exactly one of --export DIR (an export folder) or --weights CKPT (a checkpoint)")
+    run_detect(source, export_dir=export, checkpoint=weights, backend=backend, device=device, conf_thresh=conf,
+               nms=nms, max_dets=max_dets, output_dir=output, save_images=save_images, coco_json=coco_json,
+               batch_size=batch_size, warmup=warmup, console=_out())
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    model: Annotated[Path | None, typer.Argument(help="Checkpoint to time.")] = None,
+    export: Annotated[Path | None, typer.Option("--export", help="Export folder to time.")] = None,
+    net: Annotated[str | None, typer.Option(help="Time a random-weight network instead (e.g. VGG16).")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes incl. background for --net.")] = 21,
+    backend: Annotated[list[str] | None, typer.Option("--backend", help="Backends (default: all available).")] = None,
+    size: Annotated[tuple[int, int], typer.Option(help="Image height and width.")] = (600, 1000),
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Timed images per backend.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up images.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch and ONNX Runtime.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
+    fp16: Annotated[bool, typer.Option(help="Time an FP16 export.")] = False,
+    ort_opt: Annotated[str, typer.Option(help="ONNX Runtime graph optimisation: all, extended, basic, "
+                                         "disable.")] = "all",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+) -> None:
+    """Time the same model on every available backend side by side (ms per phase, images/s, vs torch)."""
+    from frcnn_trt.benchmark import run_benchmark
+
+    run_benchmark(model, export_dir=export, net=net, num_classes=num_classes, backends=backend, image_size=size,
+                  num_images=num_images, warmup=warmup, threads=threads, device=device, fp16=fp16,
+                  ort_graph_optimization=ort_opt, json_out=json_out, console=_out())
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Annotated[Path, typer.Option(help="Where the dataset, models, export and detections go.")] = Path(
+        "runs/demo"),
+    backend: Annotated[str, typer.Option(help="Backend for rpn_generate and detect: auto, onnxruntime, torch, "
+                                         "tensorrt.")] = "auto",
+    iters: Annotated[str | None, typer.Option(help="a,b,c,d alt-opt iterations (default: configs/"
+                                              "tiny_alt_opt.yml).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
+) -> None:
+    """The main job on built-in data: synthetic set → train alt-opt → export → detect → eval."""
+    from frcnn_trt.demo import run_demo
+    from frcnn_trt.train.alt_opt import parse_iters
+
+    run_demo(workdir, backend=backend, iters=parse_iters(iters) if iters else None, device=device, console=_out())

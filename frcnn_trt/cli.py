@@ -332,12 +332,40 @@ def export_cmd(
     parity_count: Annotated[int, typer.Option(help="Synthetic images for the parity check.")] = 2,
     parity: Annotated[bool, typer.Option(help="Run the ONNX Runtime vs torch parity check.")] = True,
     max_batch: Annotated[int, typer.Option(help="Largest batch in the shape profiles.")] = 4,
+    engines: Annotated[bool, typer.Option(help="Build TensorRT engines (when TensorRT and a GPU are here).")] = True,
+    force_engines: Annotated[bool, typer.Option(help="Rebuild engines even when cached.")] = False,
+    workspace_mib: Annotated[int, typer.Option(help="TensorRT builder workspace limit (MiB).")] = 4096,
+    engine_cache: Annotated[Path | None, typer.Option(help="Engine cache folder (default <export>/engines).")] = None,
 ) -> None:
-    """rpn.onnx + detector.onnx (custom frcnn::RoIPool node) + export.json, with a parity report."""
-    from frcnn_trt.export.onnx_export import run_export
+    """rpn.onnx + detector.onnx (custom frcnn::RoIPool node) + export.json, parity report, TensorRT engines."""
+    import json
 
-    run_export(model, output, fp16=fp16, opset=opset, parity_images=parity_images,
-               num_parity_images=parity_count, parity=parity, max_batch=max_batch, console=_out())
+    from frcnn_trt.engines.trt_build import BuildSettings, build_export_engines
+    from frcnn_trt.export.onnx_export import run_export
+    from frcnn_trt.io import atomic_write_json
+
+    res = run_export(model, output, fp16=fp16, opset=opset, parity_images=parity_images,
+                     num_parity_images=parity_count, parity=parity, max_batch=max_batch, console=_out())
+    if not engines:
+        return
+    report = build_export_engines(res.directory, BuildSettings(workspace_mib=workspace_mib), cache_dir=engine_cache,
+                                  force=force_engines)
+    for line in report.lines():
+        _out().print(("[green]" if report.ok else "[yellow]") + "engines[/] " + line)
+    meta_path = Path(res.directory) / "export.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["engines"] = report.to_dict()
+    atomic_write_json(meta_path, meta)
+
+
+@app.command("doctor")
+def doctor_cmd(
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """What this machine can run: torch/CUDA, ONNX Runtime providers, TensorRT, GPU, plugin status."""
+    from frcnn_trt.doctor import run_doctor
+
+    run_doctor(as_json=json_out, console=_out())
 
 
 @app.command("detect")

@@ -122,6 +122,9 @@ class SolverConfig:
     # Caffe's update v = m*v + lr*(g + wd*w); w -= v. Off: torch.optim.SGD (v = m*v + g; w -= lr*v).
     CAFFE_MOMENTUM: bool = False
     DISPLAY: int = 20
+    # Under torchrun: multiply BASE_LR (and the alt-opt BASE_LRS) by the number of processes (linear scaling
+    # for the W-times larger global batch). Off: the configured rate is used as it is (both are logged).
+    SCALE_LR_WITH_WORLD_SIZE: bool = False
 
 
 @dataclass(frozen=True)

@@ -85,31 +85,67 @@ def iter_detections(model: Any, paths: Sequence[Path], *, cfg: Any, batch_size: 
 
 def test_net(model: Any, imdb: Any, cfg: Any, output_dir: str | Path, *, batch_size: int = 1,
              evaluate: bool = True, max_images: int | None = None) -> TestOutput:
-    """Detect on every image of ``imdb``, write results (per-class VOC files + predictions.json), evaluate."""
+    """Detect on every image of ``imdb``, write results (per-class VOC files + predictions.json), evaluate.
+
+    Under torchrun every rank detects on its shard of the images (every W-th batch of ``batch_size``, so the
+    batches are those of one process); the detections are gathered on every rank, and rank 0 writes the
+    files a single process would write and evaluates (``result`` is None on the other ranks).
+    """
+    from frcnn_trt.train import distributed
+
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model.eval()
+    device = next(model.parameters()).device
+    distributed.init_distributed(device)
+    world, rank = distributed.get_world_size(), distributed.get_rank()
     annotations = imdb.annotations()
     if max_images is not None:
         annotations = annotations[:max_images]
+    if evaluate and not any(a.num_objects for a in annotations):
+        raise FrcnnError(f"imdb {imdb.name} has no ground truth to evaluate against")
     names = list(imdb.classes)
-    dets = Detections()
     t0 = time.perf_counter()
-    with PredictionsWriter(out / "predictions.json", names) as writer:
-        paths = [a.path for a in annotations]
-        for i, d, (h, w) in iter_detections(model, paths, cfg=cfg, batch_size=batch_size):
-            a = annotations[i]
-            boxes, scores, classes = d[:, :4], d[:, 4], d[:, 5].astype(np.int64)
-            dets.add(a.image_id, boxes, scores, classes)
-            writer.write(prediction_record(a.image_id, a.path, w, h, boxes, scores, classes, names))
-            if (i + 1) % 100 == 0:
-                logger.info("im_detect: %d/%d", i + 1, len(annotations))
+    mine = distributed.shard_indices(len(annotations), rank, world, chunk=batch_size)
+    found: list[tuple[np.ndarray, tuple[int, int]]] = []
+    for k, d, hw in iter_detections(model, [annotations[i].path for i in mine], cfg=cfg, batch_size=batch_size,
+                                    device=device):
+        found.append((d, hw))
+        if (k + 1) % 100 == 0:
+            logger.info("im_detect: %d/%d%s", k + 1, len(mine), f" (rank 0 of {world})" if world > 1 else "")
+    results = _gather_detections(found, batch_size)
     spi = (time.perf_counter() - t0) / max(len(annotations), 1)
+    dets = Detections()
+    for a, (d, _) in zip(annotations, results, strict=True):
+        dets.add(a.image_id, d[:, :4], d[:, 4], d[:, 5].astype(np.int64))
+    if rank != 0:
+        return TestOutput(dets, None, out, spi)
+    out.mkdir(parents=True, exist_ok=True)
+    with PredictionsWriter(out / "predictions.json", names) as writer:
+        for a, (d, (h, w)) in zip(annotations, results, strict=True):
+            writer.write(prediction_record(a.image_id, a.path, w, h, d[:, :4], d[:, 4], d[:, 5].astype(np.int64),
+                                           names))
     write_voc_results(dets, out / "results", names, image_ids=[a.image_id for a in annotations])
     result = None
     if evaluate:
-        if not any(a.num_objects for a in annotations):
-            raise FrcnnError(f"imdb {imdb.name} has no ground truth to evaluate against")
         result = evaluate_voc(annotations, dets, names, use_07_metric=imdb.use_07_metric)
         atomic_write_json(out / "eval.json", result.to_json())
     return TestOutput(dets, result, out, spi)
+
+
+def _gather_detections(found: list[tuple[np.ndarray, tuple[int, int]]],
+                       batch_size: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Every rank's ``(dets [D, 6], (H, W))`` per image, in the original image order."""
+    from frcnn_trt.train import distributed
+
+    if distributed.get_world_size() == 1:
+        return found
+    parts = distributed.all_gather_arrays({
+        "counts": np.array([len(d) for d, _ in found], np.int64),
+        "dets": np.concatenate([d for d, _ in found]) if found else np.zeros((0, 6), np.float32),
+        "sizes": np.array([hw for _, hw in found], np.int64).reshape(-1, 2)})
+    per_rank = []
+    for p in parts:
+        ends = np.cumsum(p["counts"])
+        per_rank.append([(p["dets"][e - c:e], (int(h), int(w)))
+                         for c, e, (h, w) in zip(p["counts"], ends, p["sizes"], strict=True)])
+    return distributed.unshard(per_rank, chunk=batch_size)

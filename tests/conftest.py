@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,18 @@ def tiny_config() -> C.Config:
     return tiny_cfg()
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(2)
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a module's small ops on one thread: on 2 shared cores OpenMP barriers cost more than they save."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random-init checkpoint and its export, shared across modules (built once per session)."""
+    from frcnn_trt.export.testing import tiny_export
+
+    return tiny_export(tmp_path_factory.getbasetemp() / "frcnn_tiny")

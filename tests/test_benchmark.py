@@ -10,13 +10,7 @@ import torch
 
 from frcnn_trt.benchmark import REFERENCE_SPEEDS, run_benchmark
 from frcnn_trt.errors import BackendError, FrcnnError
-from frcnn_trt.export.testing import tiny_export
 from frcnn_trt.log import console
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_export(tmp_path_factory.getbasetemp() / "frcnn_tiny")
 
 
 def test_benchmark_export(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from frcnn_trt.detect import iter_image_paths, next_run_dir, run_detect
 from frcnn_trt.errors import DatasetError, FrcnnError
 from frcnn_trt.evaluation.detections import read_coco_results, read_predictions
 from frcnn_trt.export.parity import synthetic_images
-from frcnn_trt.export.testing import tiny_export
 from frcnn_trt.log import console
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # 2 cores shared with other jobs: OpenMP barriers across 2 threads cost more than they save here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_export(tmp_path_factory.getbasetemp() / "frcnn_tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -36,6 +36,7 @@ from frcnn_trt.errors import ConfigError
 from frcnn_trt.log import get_logger
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.model.weights import load_weights
+from frcnn_trt.train import distributed
 from frcnn_trt.train.checkpoint import load_state_into, load_tensors
 from frcnn_trt.train.loop import StageSpec, resolve_device, train_stage
 from frcnn_trt.train.rpn_generate import load_proposals, rpn_generate
@@ -183,9 +184,11 @@ def train_alt_opt(
 
     frcn2 = run_stage(3, from_rpn2, props2)
     # 7. the final model: shared conv + stage-2 RPN head + stage-2 Fast R-CNN head (= the stage-2 FRCN model)
-    for suffix in (".safetensors", ".json"):
-        tmp = result.final.with_name(f".{result.final.stem}{suffix}.tmp")
-        shutil.copyfile(frcn2.with_suffix(suffix), tmp)
-        tmp.replace(result.final.with_suffix(suffix))
+    if distributed.is_main_process():  # under torchrun rank 0 alone writes
+        for suffix in (".safetensors", ".json"):
+            tmp = result.final.with_name(f".{result.final.stem}{suffix}.tmp")
+            shutil.copyfile(frcn2.with_suffix(suffix), tmp)
+            tmp.replace(result.final.with_suffix(suffix))
+    distributed.barrier()
     logger.info("final model: %s", result.final)
     return result

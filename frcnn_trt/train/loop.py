@@ -4,10 +4,17 @@ One call trains one model for one stage: chosen parameters train (the rest are f
 settings (:mod:`frcnn_trt.train.solver`), ``iter_size`` accumulation, periodic log lines, snapshots every
 ``SNAPSHOT_ITERS`` and at the end (safetensors + JSON, atomic), and an exact resume from the newest solver
 state in the output folder. A NaN/inf loss stops the run naming the stage, the iteration and every loss.
+
+Under torchrun the same call runs in every process with DistributedDataParallel: one iteration takes
+``processes × ITER_SIZE`` batches of the one global batch stream, and equals the single-process run with
+``ITER_SIZE = processes × ITER_SIZE`` (:mod:`frcnn_trt.train.distributed` explains why). Every batch's random
+draws (anchor / RoI sampling, dropout) are seeded from ``(RNG_SEED, global batch number)``, so they do not
+depend on the number of processes, and a run resumes exactly from a snapshot taken with another count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -23,6 +30,7 @@ from frcnn_trt import config as C
 from frcnn_trt.data.loader import make_train_loader_from_config
 from frcnn_trt.errors import TrainingError
 from frcnn_trt.log import get_logger
+from frcnn_trt.train import distributed
 from frcnn_trt.train.checkpoint import (
     CheckpointInfo,
     load_solver_state,
@@ -50,11 +58,19 @@ class StageSpec:
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:1`` → a device.
+
+    Under torchrun with several processes, ``auto`` / ``cuda`` mean this process's GPU ``cuda:LOCAL_RANK``
+    and the process group is started here (NCCL on GPUs, gloo on CPU; :mod:`frcnn_trt.train.distributed`).
+    """
     if spec in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {spec!r} requested but CUDA is not available (torch {torch.__version__})")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(spec)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"device {spec!r} requested but CUDA is not available (torch {torch.__version__})")
+    dev = distributed.device_for_rank(dev)
+    distributed.init_distributed(dev)
     return dev
 
 
@@ -119,26 +135,40 @@ def train_stage(
     ``cfg`` is the stage's own config (IMS_PER_BATCH etc. already set). With ``resume``, the newest solver
     state of ``output_dir`` is restored and training continues from its iteration with the same result as
     an uninterrupted run; a finished stage (its final checkpoint exists) returns at once.
+
+    Under torchrun every process calls this; the model trains in DistributedDataParallel, one iteration
+    takes ``W·ITER_SIZE`` batches of the global stream (equivalent to one process with ``ITER_SIZE W·I``,
+    see :mod:`frcnn_trt.train.distributed`), rank 0 alone writes files, and all ranks leave together.
+    ``on_iteration(iteration, losses)`` gets the losses averaged over all ranks, on every rank.
     """
     out = Path(output_dir)
+    distributed.init_distributed(device)
+    world, rank = distributed.get_world_size(), distributed.get_rank()
+    main = rank == 0
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{spec.name}_final.safetensors"
-    info_base = dict(net=cfg.MODEL.NET, class_names=list(class_names), stage=spec.name,
+    info_base: dict[str, Any] = dict(net=cfg.MODEL.NET, class_names=list(class_names), stage=spec.name,
                      config=C.to_dict(cfg), extra=dict(extra_info or {}))
     if resume and final.exists() and final.with_suffix(".json").exists():
         logger.info("%s: already finished (%s), not retrained", spec.name, final)
         return final
-    C.write_resolved(cfg, out, f"{spec.name}_config.yaml")
+    if main:
+        C.write_resolved(cfg, out, f"{spec.name}_config.yaml")
 
     model.to(device).train()
     named = set_trainable(model, spec.trainable)
     params_by_name = dict(named)
     names_by_id = {id(p): n for n, p in named}
-    solver = Solver.from_config(named, cfg.SOLVER, base_lr=spec.base_lr, stepsize=spec.stepsize)
+    iter_size = max(1, int(cfg.SOLVER.ITER_SIZE))
+    ims_per_batch = int(cfg.TRAIN.IMS_PER_BATCH)
+    per_iter = world * iter_size  # global batches per iteration
+    lr_scale = world if cfg.SOLVER.SCALE_LR_WITH_WORLD_SIZE else 1
+    base_lr = spec.base_lr * lr_scale
+    solver = Solver.from_config(named, cfg.SOLVER, base_lr=base_lr, stepsize=spec.stepsize)
     generator = torch.Generator().manual_seed(cfg.RNG_SEED)
     torch.manual_seed(cfg.RNG_SEED)
 
-    start = 0
+    start = consumed = 0
     state_path = latest_solver_state(out) if resume else None
     if state_path is not None:
         weights, momentum, rng, meta = load_solver_state(state_path)
@@ -146,14 +176,29 @@ def train_stage(
         solver.load_momentum_state(momentum, params_by_name)
         _set_rng_state(generator, rng)
         start = int(meta["iteration"])
-        logger.info("%s: resumed from %s at iteration %d", spec.name, state_path.name, start)
+        saved_per_iter = int(meta.get("batches_per_iteration", per_iter))
+        consumed = int(meta.get("batches", start * saved_per_iter))
+        logger.info("%s: resumed from %s at iteration %d (%d batches consumed)", spec.name, state_path.name,
+                    start, consumed)
+        if saved_per_iter != per_iter or int(meta.get("ims_per_batch", ims_per_batch)) != ims_per_batch:
+            logger.warning("%s: the snapshot was taken with %d batches of %d images per iteration, this run takes "
+                           "%d of %d (%d processes × ITER_SIZE %d): training continues, but not as the uninterrupted "
+                           "run would; keep processes × ITER_SIZE and IMS_PER_BATCH to resume exactly", spec.name,
+                           saved_per_iter, int(meta.get("ims_per_batch", ims_per_batch)), per_iter, ims_per_batch,
+                           world, iter_size)
+        saved_lr = meta.get("base_lr")
+        if saved_lr is not None and not math.isclose(float(saved_lr), base_lr):
+            logger.warning("%s: base lr %.6g differs from the snapshot's %.6g (SOLVER.SCALE_LR_WITH_WORLD_SIZE with "
+                           "another world size?)", spec.name, base_lr, float(saved_lr))
+    _log_batch(spec, world, ims_per_batch, iter_size, spec.base_lr, base_lr, bool(cfg.SOLVER.SCALE_LR_WITH_WORLD_SIZE))
 
-    iter_size = max(1, int(cfg.SOLVER.ITER_SIZE))
+    # The loader walks the one global batch stream from batch `consumed`; this rank loads batches rank, rank+W, ...
     loader = make_train_loader_from_config(
-        roidb, cfg, max_iters=spec.max_iters * iter_size, start_iter=start * iter_size,
+        roidb, cfg, max_iters=consumed + (spec.max_iters - start) * per_iter, start_iter=consumed,
         num_workers=cfg.TRAIN.NUM_WORKERS if num_workers is None else num_workers,
         pin_memory=device.type == "cuda")
-    batches = iter(loader)
+    batches = iter(distributed.shard_loader(loader, world, rank))
+    net = distributed.wrap_ddp(model, device) if world > 1 else model
     display = max(1, int(cfg.SOLVER.DISPLAY))
     window: deque[dict[str, float]] = deque(maxlen=100)  # Caffe's average_loss 100
     amp = bool(cfg.AMP) and device.type == "cuda"
@@ -166,21 +211,28 @@ def train_stage(
         t0 = time.perf_counter()
         values: dict[str, float] = {}
         data_time = 0.0
-        for _ in range(iter_size):
+        for j in range(iter_size):
+            g = consumed + (it - start) * per_iter + j * world + rank  # this micro-batch's global batch number
             td = time.perf_counter()
             batch = next(batches).to(device, non_blocking=True)
             data_time += time.perf_counter() - td
-            with torch.autocast(device.type, enabled=amp):
-                losses = model(batch, stage=spec.mode, generator=generator)
-            total = sum(losses.values())
-            detached = {k: float(v.detach()) for k, v in losses.items()}
-            if not all(math.isfinite(v) for v in detached.values()):
-                raise TrainingError(f"{spec.name}: non-finite loss at iteration {it + 1}: "
-                                    + ", ".join(f"{k}={v:.6g}" for k, v in detached.items())
-                                    + " — lower the learning rate or check the annotations")
-            (total / iter_size).backward()
-            for k, v in detached.items():
-                values[k] = values.get(k, 0.0) + v / iter_size
+            # the random draws of batch g do not depend on which rank (or accumulation step) runs it
+            generator.manual_seed(distributed.batch_seed(cfg.RNG_SEED, g))
+            torch.manual_seed(distributed.batch_seed(cfg.RNG_SEED, g, distributed.DROPOUT_STREAM))
+            sync = j == iter_size - 1 or world == 1
+            with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+                with torch.autocast(device.type, enabled=amp):
+                    losses = net(batch, stage=spec.mode, generator=generator)
+                total = sum(losses.values())
+                (total / iter_size).backward()
+            for k, v in losses.items():
+                values[k] = values.get(k, 0.0) + float(v.detach()) / iter_size
+        if world > 1:
+            values = dict(zip(values, distributed.all_reduce_mean(list(values.values())), strict=True))
+        if not all(math.isfinite(v) for v in values.values()):
+            raise TrainingError(f"{spec.name}: non-finite loss at iteration {it + 1}: "
+                                + ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+                                + " — lower the learning rate or check the annotations")
         lr = solver.step(it)
         values["total_loss"] = sum(v for k, v in values.items() if k != "total_loss")
         window.append(values)
@@ -195,30 +247,51 @@ def train_stage(
             avg = {k: sum(w[k] for w in window) / len(window) for k in window[-1]}
             mem = (f", max mem {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
                    if device.type == "cuda" else "")
-            logger.info("%s%s iter %d/%d, eta %s, %s, lr %.3g, %.3f s/iter (data %.3f)%s",
+            logger.info("%s%s iter %d/%d, eta %s, %s, lr %.3g, %.3f s/iter (data %.3f), %.1f img/s%s",
                         f"[{spec.label}] " if spec.label else "", spec.name, done, spec.max_iters,
                         _format_eta(s_iter * (spec.max_iters - done)),
                         ", ".join(f"{k} {v:.4f}" for k, v in avg.items()), lr, s_iter, t_data / max(n_done, 1),
-                        mem)
+                        per_iter * ims_per_batch / max(s_iter, 1e-9), mem)
         snap = int(cfg.TRAIN.SNAPSHOT_ITERS)
-        if snap > 0 and done % snap == 0 and done < spec.max_iters:
-            _snapshot(model, out, spec, done, info_base, solver, names_by_id, generator)
+        if main and snap > 0 and done % snap == 0 and done < spec.max_iters:
+            meta = {"iteration": done, "stage": spec.name, "batches": consumed + (done - start) * per_iter,
+                    "batches_per_iteration": per_iter, "ims_per_batch": ims_per_batch, "world_size": world,
+                    "iter_size": iter_size, "base_lr": base_lr}
+            _snapshot(model, out, spec, meta, info_base, solver, names_by_id, generator)
 
-    path = save_checkpoint(final, model, CheckpointInfo(iteration=spec.max_iters, **info_base))
-    for old in out.glob(f"{spec.name}_iter_*{SOLVERSTATE_SUFFIX}"):
-        old.unlink(missing_ok=True)
-        old.with_name(old.name.replace(".safetensors", ".json")).unlink(missing_ok=True)
-    logger.info("%s: wrote %s", spec.name, path)
-    return path
+    del net, batches
+    if main:
+        path = save_checkpoint(final, model, CheckpointInfo(iteration=spec.max_iters, **info_base))
+        for old in out.glob(f"{spec.name}_iter_*{SOLVERSTATE_SUFFIX}"):
+            old.unlink(missing_ok=True)
+            old.with_name(old.name.replace(".safetensors", ".json")).unlink(missing_ok=True)
+        logger.info("%s: wrote %s", spec.name, path)
+    distributed.barrier()  # the next stage (every rank) reads what rank 0 just wrote
+    return final
 
 
-def _snapshot(model: nn.Module, out: Path, spec: StageSpec, iteration: int, info_base: dict[str, Any],
+def _log_batch(spec: StageSpec, world: int, ims_per_batch: int, iter_size: int, config_lr: float, base_lr: float,
+               scaled: bool) -> None:
+    """The effective batch and learning rate, and the single-process run this one equals."""
+    images = world * iter_size * ims_per_batch
+    if world == 1:
+        logger.info("%s: %d image(s) per iteration (IMS_PER_BATCH %d × ITER_SIZE %d), base lr %.6g", spec.name,
+                    images, ims_per_batch, iter_size, base_lr)
+        return
+    how = (f"= {config_lr:.6g} × {world} processes, SOLVER.SCALE_LR_WITH_WORLD_SIZE" if scaled
+           else f"as configured; SOLVER.SCALE_LR_WITH_WORLD_SIZE True would scale it ×{world}")
+    logger.info("%s: %d processes × IMS_PER_BATCH %d × ITER_SIZE %d = %d images per iteration (global batch); "
+                "base lr %.6g (%s); equals one process with IMS_PER_BATCH %d, ITER_SIZE %d", spec.name, world,
+                ims_per_batch, iter_size, images, base_lr, how, ims_per_batch, world * iter_size)
+
+
+def _snapshot(model: nn.Module, out: Path, spec: StageSpec, meta: dict[str, Any], info_base: dict[str, Any],
               solver: Solver, names_by_id: dict[int, str], generator: torch.Generator) -> None:
+    iteration = int(meta["iteration"])
     prefix = out / f"{spec.name}_iter_{iteration}"
     save_checkpoint(prefix.with_suffix(".safetensors"), model, CheckpointInfo(iteration=iteration, **info_base))
     state = out / f"{spec.name}_iter_{iteration}{SOLVERSTATE_SUFFIX}"
-    save_solver_state(state, model, solver.momentum_state(names_by_id), _rng_state(generator),
-                      {"iteration": iteration, "stage": spec.name})
+    save_solver_state(state, model, solver.momentum_state(names_by_id), _rng_state(generator), meta)
     for old in out.glob(f"{spec.name}_iter_*{SOLVERSTATE_SUFFIX}"):
         if old != state:
             old.unlink(missing_ok=True)

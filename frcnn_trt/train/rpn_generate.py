@@ -11,6 +11,10 @@ Proposals file (``NAME.npz`` + ``NAME.json``, both written atomically): ``boxes 
 ``scores [P]`` float32, ``counts [N]`` int64 (images in ``image_ids`` order), and a sidecar with the image
 ids, the settings, the backend that ran and the SHA-256 of the model that produced them. A resumed alt-opt
 run reuses a proposals file only when its model hash and settings match.
+
+Under torchrun the images are sharded over the processes (:func:`frcnn_trt.train.distributed.shard`) and
+gathered back in order, so the file holds the same arrays as a single-process run's (only the timing
+``stats`` differ).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from frcnn_trt.data.images import read_image
 from frcnn_trt.errors import DatasetError, FrcnnError
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from frcnn_trt.log import get_logger
+from frcnn_trt.train import distributed
 
 logger = get_logger("rpn_generate")
 
@@ -119,6 +124,10 @@ def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Pa
 
     ``backend``: ``auto`` | ``tensorrt`` | ``onnxruntime`` | ``torch``. Every backend but torch runs the
     exported ``rpn.onnx`` (exported next to ``out_path``).
+
+    Under torchrun every rank proposes for its shard of the images (every W-th batch of ``batch_size``),
+    rank 0 gathers them and writes the file a single process would write (same order, same arrays); every
+    rank returns once it is written.
     """
     from frcnn_trt.engines.detector import Detector
 
@@ -130,44 +139,82 @@ def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Pa
     if resume and reusable(out_path, model_sha, settings, image_ids):
         logger.info("reusing %s (same model and settings)", out_path)
         return out_path, load_proposals(out_path).meta.get("stats", {})
+    if distributed.env_world_size() > 1:  # under torchrun: this rank's device, and the process group
+        from frcnn_trt.train.loop import resolve_device
+
+        device = str(resolve_device(device or "auto"))
+    world, rank = distributed.get_world_size(), distributed.get_rank()
 
     t0 = time.perf_counter()
-    if backend == "torch":
-        det = Detector.from_checkpoint(checkpoint, "torch", device=device)
-    else:
-        from frcnn_trt.export.onnx_export import run_export
-        from frcnn_trt.log import console
 
+    def load() -> Any:
+        if backend == "torch":
+            return Detector.from_checkpoint(checkpoint, "torch", device=device)
         export_dir = out_path.with_name(out_path.stem + "_export")
-        run_export(checkpoint, export_dir, parity=False, console=console(stderr=True))
-        det = Detector.from_export(export_dir, backend, device=device)
-    t_load = time.perf_counter() - t0
-    logger.info("rpn_generate: %s on %d images with %s", Path(checkpoint).name, len(image_ids), det.describe())
+        if rank == 0:
+            from frcnn_trt.export.onnx_export import run_export
+            from frcnn_trt.log import console
 
-    boxes: dict[str, np.ndarray] = {}
-    scores: dict[str, np.ndarray] = {}
+            run_export(checkpoint, export_dir, parity=False, console=console(stderr=True))
+        return Detector.from_export(export_dir, backend, device=device)
+
+    if world == 1 or backend == "torch":
+        det = load()
+    else:  # rank 0 exports and builds (engine caches) first; the others then load what it made
+        det = load() if rank == 0 else None
+        distributed.barrier()
+        if det is None:
+            det = load()
+    t_load = time.perf_counter() - t0
+    mine = distributed.shard_indices(len(annotations), rank, world, chunk=batch_size)
+    logger.info("rpn_generate: %s on %d images with %s%s", Path(checkpoint).name, len(image_ids), det.describe(),
+                f" ({world} processes, {len(mine)} images here)" if world > 1 else "")
+
+    boxes: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
     t1 = time.perf_counter()
-    timing: dict[str, float] = {}
-    for start in range(0, len(annotations), batch_size):
-        chunk = annotations[start:start + batch_size]
+    for start in range(0, len(mine), batch_size):
+        chunk = [annotations[i] for i in mine[start:start + batch_size]]
         ims = [read_image(a.path) for a in chunk]
-        for a, (b, s) in zip(chunk, det.propose(ims, settings["pre_nms_top_n"], settings["post_nms_top_n"]),
-                             strict=True):
-            boxes[a.image_id], scores[a.image_id] = b, s
-        for k, v in det.last_timing.to_dict().items():
-            if isinstance(v, (int, float)):
-                timing[k] = timing.get(k, 0.0) + float(v)
+        for b, s in det.propose(ims, settings["pre_nms_top_n"], settings["post_nms_top_n"]):
+            boxes.append(np.asarray(b, np.float32).reshape(-1, 4))
+            scores.append(np.asarray(s, np.float32).reshape(-1))
         done = start + len(chunk)
-        if done % 500 < batch_size or done == len(annotations):
-            logger.info("rpn_generate: %d/%d images", done, len(annotations))
+        if done % 500 < batch_size or done == len(mine):
+            logger.info("rpn_generate: %d/%d images", done, len(mine))
+    by_id_boxes, by_id_scores = _gather(image_ids, mine, boxes, scores, batch_size)
     seconds = time.perf_counter() - t1
-    counts = [len(boxes[i]) for i in image_ids]
+    counts = [len(by_id_boxes[i]) for i in image_ids]
     stats = {"backend": det.describe(), "images": len(image_ids), "seconds": round(seconds, 3),
              "ms_per_image": round(1000 * seconds / max(len(image_ids), 1), 2), "setup_seconds": round(t_load, 3),
-             "mean_proposals": round(float(np.mean(counts)) if counts else 0.0, 1)}
+             "mean_proposals": round(float(np.mean(counts)) if counts else 0.0, 1), "processes": world}
     meta = {"settings": settings, "model": str(checkpoint), "model_sha256": model_sha, "imdb": imdb.name,
             "backend": det.backend.name, "stats": stats}
-    save_proposals(out_path, Proposals(image_ids, boxes, scores, meta))
-    logger.info("rpn_generate: %d images in %.1f s (%.1f ms/image, %s), %.0f proposals/image → %s",
-                len(image_ids), seconds, stats["ms_per_image"], det.backend.name, stats["mean_proposals"], out_path)
+    if rank == 0:
+        save_proposals(out_path, Proposals(image_ids, by_id_boxes, by_id_scores, meta))
+        logger.info("rpn_generate: %d images in %.1f s (%.1f ms/image, %s), %.0f proposals/image → %s",
+                    len(image_ids), seconds, stats["ms_per_image"], det.backend.name, stats["mean_proposals"],
+                    out_path)
+    distributed.barrier()  # the file exists for every rank from here on
     return out_path, stats
+
+
+def _gather(image_ids: Sequence[str], mine: Sequence[int], boxes: list[np.ndarray], scores: list[np.ndarray],
+            batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every rank's proposals, by image id (in a single process: this one's)."""
+    world = distributed.get_world_size()
+    if world == 1:
+        return ({image_ids[i]: b for i, b in zip(mine, boxes, strict=True)},
+                {image_ids[i]: s for i, s in zip(mine, scores, strict=True)})
+    counts = np.array([len(b) for b in boxes], np.int64)
+    parts = distributed.all_gather_arrays({
+        "counts": counts,
+        "boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+        "scores": np.concatenate(scores) if scores else np.zeros(0, np.float32)})
+    per_rank: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    for p in parts:
+        ends = np.cumsum(p["counts"])
+        per_rank.append([(p["boxes"][e - c:e], p["scores"][e - c:e]) for c, e in zip(p["counts"], ends, strict=True)])
+    ordered = distributed.unshard(per_rank, chunk=batch_size)
+    return ({i: b for i, (b, _) in zip(image_ids, ordered, strict=True)},
+            {i: s for i, (_, s) in zip(image_ids, ordered, strict=True)})

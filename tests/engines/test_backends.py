@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,21 +12,8 @@ from frcnn_trt.engines.onnxruntime_backend import OnnxRuntimeBackend
 from frcnn_trt.engines.torch_backend import TorchBackend
 from frcnn_trt.errors import BackendError
 from frcnn_trt.export.metadata import load_export
-from frcnn_trt.export.testing import tiny_export
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # 2 cores shared with other jobs: OpenMP barriers across 2 threads cost more than they save here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_export(tmp_path_factory.getbasetemp() / "frcnn_tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_protocol_and_outputs(exported: tuple[Path, Path]) -> None:

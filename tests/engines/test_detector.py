@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,14 @@ import torch
 from frcnn_trt.engines import BackendError, Detector, select_backend
 from frcnn_trt.engines.base import backend_availability
 from frcnn_trt.export.parity import compare_detections, synthetic_images
-from frcnn_trt.export.testing import tiny_config, tiny_export
+from frcnn_trt.export.testing import tiny_config
 from frcnn_trt.postprocess import detections_from_scores
 from frcnn_trt.train.checkpoint import load_checkpoint
 
 SIZES = ((180, 240), (150, 260), (240, 170))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # 2 cores shared with other jobs: OpenMP barriers across 2 threads cost more than they save here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_export(tmp_path_factory.getbasetemp() / "frcnn_tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

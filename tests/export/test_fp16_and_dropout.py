@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,7 @@ from frcnn_trt.model.backbones import Backbone, CaffeDropout, NetworkSpec, build
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.ops.roi_pool import onnx_translation_table, to_onnxruntime
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # 2 cores shared with other jobs: OpenMP barriers across 2 threads cost more than they save here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +17,12 @@ from frcnn_trt.boxes import generate_anchors
 from frcnn_trt.errors import ExportError
 from frcnn_trt.export.metadata import load_export
 from frcnn_trt.export.onnx_export import export_model, find_default_checkpoint
-from frcnn_trt.export.testing import tiny_config, tiny_export
+from frcnn_trt.export.testing import tiny_config
 from frcnn_trt.io import sha256_file
 from frcnn_trt.ops.roi_pool import register_onnx_schema, to_onnxruntime
 from frcnn_trt.train.checkpoint import load_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # 2 cores shared with other jobs: OpenMP barriers across 2 threads cost more than they save here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_export(tmp_path_factory.getbasetemp() / "frcnn_tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

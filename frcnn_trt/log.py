@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -11,8 +12,46 @@ from rich.logging import RichHandler
 LOGGER_NAME = "frcnn_trt"
 
 
+_STDERR: Console | None = None
+
+
 def is_interactive() -> bool:
     return sys.stdout.isatty()
+
+
+def stderr_console() -> Console:
+    """The one stderr console shared by the log handler and progress bars (so bars and lines don't clash)."""
+    global _STDERR
+    if _STDERR is None:
+        _STDERR = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _STDERR
+
+
+class IterationProgress:
+    """A rich progress bar over iterations on a terminal; nothing when stderr is not one (CI, logs, files)."""
+
+    def __init__(self, label: str, total: int, start: int = 0, enabled: bool = True) -> None:
+        self._progress: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                                      console=stderr_console(), transient=True)
+            self._task = self._progress.add_task(label, total=total, completed=start, loss="")
+
+    def __enter__(self) -> IterationProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def update(self, done: int, loss: float | None = None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, loss=f"loss {loss:.4f}" if loss is not None else "")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def console(stderr: bool = False) -> Console:
@@ -28,7 +67,7 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
             logger.removeHandler(h)
     handler: logging.Handler
     if sys.stderr.isatty():
-        handler = RichHandler(console=console(stderr=True), show_path=False, rich_tracebacks=verbose,
+        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=verbose,
                               log_time_format="[%H:%M:%S]")
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:

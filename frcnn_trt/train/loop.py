@@ -29,7 +29,7 @@ from torch import nn
 from frcnn_trt import config as C
 from frcnn_trt.data.loader import make_train_loader_from_config
 from frcnn_trt.errors import TrainingError
-from frcnn_trt.log import get_logger
+from frcnn_trt.log import IterationProgress, get_logger
 from frcnn_trt.train import distributed
 from frcnn_trt.train.checkpoint import (
     CheckpointInfo,
@@ -207,57 +207,59 @@ def train_stage(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    for it in range(start, spec.max_iters):
-        t0 = time.perf_counter()
-        values: dict[str, float] = {}
-        data_time = 0.0
-        for j in range(iter_size):
-            g = consumed + (it - start) * per_iter + j * world + rank  # this micro-batch's global batch number
-            td = time.perf_counter()
-            batch = next(batches).to(device, non_blocking=True)
-            data_time += time.perf_counter() - td
-            # the random draws of batch g do not depend on which rank (or accumulation step) runs it
-            generator.manual_seed(distributed.batch_seed(cfg.RNG_SEED, g))
-            torch.manual_seed(distributed.batch_seed(cfg.RNG_SEED, g, distributed.DROPOUT_STREAM))
-            sync = j == iter_size - 1 or world == 1
-            with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
-                with torch.autocast(device.type, enabled=amp):
-                    losses = net(batch, stage=spec.mode, generator=generator)
-                total = sum(losses.values())
-                (total / iter_size).backward()
-            for k, v in losses.items():
-                values[k] = values.get(k, 0.0) + float(v.detach()) / iter_size
-        if world > 1:
-            values = dict(zip(values, distributed.all_reduce_mean(list(values.values())), strict=True))
-        if not all(math.isfinite(v) for v in values.values()):
-            raise TrainingError(f"{spec.name}: non-finite loss at iteration {it + 1}: "
-                                + ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-                                + " — lower the learning rate or check the annotations")
-        lr = solver.step(it)
-        values["total_loss"] = sum(v for k, v in values.items() if k != "total_loss")
-        window.append(values)
-        t_data += data_time
-        t_iter += time.perf_counter() - t0
-        done = it + 1
-        if on_iteration is not None:
-            on_iteration(done, values)
-        if done % display == 0 or done == spec.max_iters:
-            n_done = done - start
-            s_iter = (time.perf_counter() - t_start) / max(n_done, 1)
-            avg = {k: sum(w[k] for w in window) / len(window) for k in window[-1]}
-            mem = (f", max mem {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
-                   if device.type == "cuda" else "")
-            logger.info("%s%s iter %d/%d, eta %s, %s, lr %.3g, %.3f s/iter (data %.3f), %.1f img/s%s",
-                        f"[{spec.label}] " if spec.label else "", spec.name, done, spec.max_iters,
-                        _format_eta(s_iter * (spec.max_iters - done)),
-                        ", ".join(f"{k} {v:.4f}" for k, v in avg.items()), lr, s_iter, t_data / max(n_done, 1),
-                        per_iter * ims_per_batch / max(s_iter, 1e-9), mem)
-        snap = int(cfg.TRAIN.SNAPSHOT_ITERS)
-        if main and snap > 0 and done % snap == 0 and done < spec.max_iters:
-            meta = {"iteration": done, "stage": spec.name, "batches": consumed + (done - start) * per_iter,
-                    "batches_per_iteration": per_iter, "ims_per_batch": ims_per_batch, "world_size": world,
-                    "iter_size": iter_size, "base_lr": base_lr}
-            _snapshot(model, out, spec, meta, info_base, solver, names_by_id, generator)
+    with IterationProgress(spec.label or spec.name, spec.max_iters, start, enabled=main) as bar:
+        for it in range(start, spec.max_iters):
+            t0 = time.perf_counter()
+            values: dict[str, float] = {}
+            data_time = 0.0
+            for j in range(iter_size):
+                g = consumed + (it - start) * per_iter + j * world + rank  # this micro-batch's global batch number
+                td = time.perf_counter()
+                batch = next(batches).to(device, non_blocking=True)
+                data_time += time.perf_counter() - td
+                # the random draws of batch g do not depend on which rank (or accumulation step) runs it
+                generator.manual_seed(distributed.batch_seed(cfg.RNG_SEED, g))
+                torch.manual_seed(distributed.batch_seed(cfg.RNG_SEED, g, distributed.DROPOUT_STREAM))
+                sync = j == iter_size - 1 or world == 1
+                with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+                    with torch.autocast(device.type, enabled=amp):
+                        losses = net(batch, stage=spec.mode, generator=generator)
+                    total = sum(losses.values())
+                    (total / iter_size).backward()
+                for k, v in losses.items():
+                    values[k] = values.get(k, 0.0) + float(v.detach()) / iter_size
+            if world > 1:
+                values = dict(zip(values, distributed.all_reduce_mean(list(values.values())), strict=True))
+            if not all(math.isfinite(v) for v in values.values()):
+                raise TrainingError(f"{spec.name}: non-finite loss at iteration {it + 1}: "
+                                    + ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+                                    + " — lower the learning rate or check the annotations")
+            lr = solver.step(it)
+            values["total_loss"] = sum(v for k, v in values.items() if k != "total_loss")
+            window.append(values)
+            t_data += data_time
+            t_iter += time.perf_counter() - t0
+            done = it + 1
+            bar.update(done, values["total_loss"])
+            if on_iteration is not None:
+                on_iteration(done, values)
+            if done % display == 0 or done == spec.max_iters:
+                n_done = done - start
+                s_iter = (time.perf_counter() - t_start) / max(n_done, 1)
+                avg = {k: sum(w[k] for w in window) / len(window) for k in window[-1]}
+                mem = (f", max mem {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+                       if device.type == "cuda" else "")
+                logger.info("%s%s iter %d/%d, eta %s, %s, lr %.3g, %.3f s/iter (data %.3f), %.1f img/s%s",
+                            f"[{spec.label}] " if spec.label else "", spec.name, done, spec.max_iters,
+                            _format_eta(s_iter * (spec.max_iters - done)),
+                            ", ".join(f"{k} {v:.4f}" for k, v in avg.items()), lr, s_iter, t_data / max(n_done, 1),
+                            per_iter * ims_per_batch / max(s_iter, 1e-9), mem)
+            snap = int(cfg.TRAIN.SNAPSHOT_ITERS)
+            if main and snap > 0 and done % snap == 0 and done < spec.max_iters:
+                meta = {"iteration": done, "stage": spec.name, "batches": consumed + (done - start) * per_iter,
+                        "batches_per_iteration": per_iter, "ims_per_batch": ims_per_batch, "world_size": world,
+                        "iter_size": iter_size, "base_lr": base_lr}
+                _snapshot(model, out, spec, meta, info_base, solver, names_by_id, generator)
 
     del net, batches
     if main:

@@ -7,10 +7,22 @@ Images are read, detected and written one batch at a time (a generator; nothing 
 :class:`~frcnn_trt.evaluation.detections.PredictionsWriter`) and, on request, a COCO results JSON. An image
 that cannot be read (missing, truncated, not an image) is reported, skipped and listed in the summary. The
 speed summary splits ms/image into the detector's phases, warm-up batches excluded, GPU-synchronised.
+
+Under ``torchrun`` (several processes, :mod:`frcnn_trt.train.distributed`) the images are sharded: rank
+``r`` takes every ``W``-th chunk of ``batch_size`` consecutive paths from chunk ``r``, detects them and writes
+their annotated images (file names are the image ids, unique over all paths); the per-image results are
+gathered (npz / JSON over the process group, no pickle) and rank 0 alone writes ``predictions.json`` (same
+records, same order as one process), the COCO JSON and the summary. Each process is one GPU
+(``cuda:LOCAL_RANK``) or one CPU process (gloo). Batches are those of one process when every image is
+readable or ``batch_size`` is 1; with unreadable images and ``batch_size`` > 1 one process refills a batch
+with the next readable image while a rank batches its own chunks, so the batches holding skipped images
+(and, by the blob padding, their detections' last bits) can differ. The speed numbers sum every rank's
+batches (each rank's own warm-up excluded): ms/image of one process, not of the whole run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import re
@@ -145,14 +157,21 @@ def stream_detections(
     paths: Sequence[Path],
     batch_size: int = 1,
     timing: list[PhaseTimes] | None = None,
+    *,
+    ids: Sequence[str] | None = None,
 ) -> Iterator[ImageResult]:
     """Read, detect and yield one :class:`ImageResult` per path, ``batch_size`` images per backend call.
-    Unreadable images come back with ``error`` set. ``timing`` (if given) receives each batch's times."""
+    Unreadable images come back with ``error`` set. ``timing`` (if given) receives each batch's times.
+    ``ids``: the image id of each path (default: the file stems, made unique); a shard of a larger run
+    passes the ids computed over all paths."""
     from frcnn_trt.data.images import read_image
 
     if batch_size < 1:
         raise FrcnnError(f"batch_size must be ≥ 1, got {batch_size}")
-    ids = _unique_ids(paths)
+    if ids is None:
+        ids = _unique_ids(paths)
+    elif len(ids) != len(paths):
+        raise FrcnnError(f"{len(ids)} image ids for {len(paths)} paths")
     pending: list[ImageResult] = []
 
     def flush() -> Iterator[ImageResult]:
@@ -196,6 +215,7 @@ class DetectSummary:
     timed_images: int = 0
     warmup_excluded: bool = True
     wall_seconds: float = 0.0
+    processes: int = 1
 
     @property
     def images_per_second(self) -> float:
@@ -208,7 +228,8 @@ class DetectSummary:
                 "images": self.images, "detections": self.detections,
                 "skipped": [{"file": f, "error": e} for f, e in self.skipped], "per_class": self.per_class,
                 "ms_per_image": self.ms_per_image, "images_per_second": self.images_per_second,
-                "timed_images": self.timed_images, "warmup_excluded": self.warmup_excluded}
+                "timed_images": self.timed_images, "warmup_excluded": self.warmup_excluded,
+                "processes": self.processes}
 
 
 def build_detector(
@@ -267,57 +288,116 @@ def run_detect(
 
     from frcnn_trt.evaluation.detections import PredictionsWriter, read_predictions, write_coco_results
     from frcnn_trt.log import console as make_console
+    from frcnn_trt.train import distributed
 
     con = console if console is not None else make_console()
     paths = iter_image_paths(source)
-    det = detector if detector is not None else build_detector(
-        export_dir=export_dir, checkpoint=checkpoint, backend=backend, device=device,
-        conf_thresh=conf_thresh, nms=nms, max_dets=max_dets)
-    out = Path(output_dir) if output_dir is not None else next_run_dir(project)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.env_world_size() > 1:  # under torchrun: this rank's device, and the process group
+        from frcnn_trt.train.loop import resolve_device
+
+        device = str(resolve_device(device or "auto"))
+    world, rank = distributed.get_world_size(), distributed.get_rank()
+    main = rank == 0
+
+    def build() -> Detector:
+        return detector if detector is not None else build_detector(
+            export_dir=export_dir, checkpoint=checkpoint, backend=backend, device=device,
+            conf_thresh=conf_thresh, nms=nms, max_dets=max_dets)
+
+    if world == 1 or detector is not None:
+        det = build()
+    else:  # rank 0 first (it builds any engine cache of the export), then the others load what it made
+        built = build() if main else None
+        distributed.barrier()
+        det = built if built is not None else build()
+    if world == 1:
+        out = Path(output_dir) if output_dir is not None else next_run_dir(project)
+        out.mkdir(parents=True, exist_ok=True)
+    else:  # rank 0 picks the run folder (exp, exp2, ...) and makes it; every rank writes into it
+        chosen = str(output_dir) if output_dir is not None else str(next_run_dir(project)) if main else ""
+        out = Path(distributed.broadcast_json(chosen))
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
     names = det.class_names
-    con.print(f"[bold]frcnn-trt detect[/] {len(paths)} image(s) from {source} with {det.describe()}")
-    con.print(f"  conf > {det.conf_thresh}, NMS {det.nms}, max {det.max_dets} per image; results → {out}")
+    ids = _unique_ids(paths)  # over ALL paths: the same ids (and annotated file names) in every process
+    mine = distributed.shard_indices(len(paths), rank, world, chunk=batch_size)
+    if main:
+        con.print(f"[bold]frcnn-trt detect[/] {len(paths)} image(s) from {source} with {det.describe()}")
+        con.print(f"  conf > {det.conf_thresh}, NMS {det.nms}, max {det.max_dets} per image; results → {out}")
+        if world > 1:
+            con.print(f"  {world} processes (torchrun): batches of {batch_size} sharded over the ranks, "
+                      f"{len(mine)} image(s) on rank 0")
 
     timing: list[PhaseTimes] = []
     skipped: list[tuple[str, str]] = []
     per_class: dict[str, int] = {}
     n_images = n_dets = 0
+    found: dict[str, _Found] = {}  # this rank's results by image id (several processes only)
     pred_path = out / "predictions.json"
     t_start = time.perf_counter()
-    interactive = bool(getattr(con, "is_terminal", False))
+    interactive = main and bool(getattr(con, "is_terminal", False))
     progress = Progress(TextColumn("detect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         TextColumn("{task.description}"), console=con, disable=not interactive, transient=True)
-    with PredictionsWriter(pred_path, names) as writer, progress:
-        task = progress.add_task("", total=len(paths))
-        for k, res in enumerate(stream_detections(det, paths, batch_size, timing), 1):
+    writer_cm = PredictionsWriter(pred_path, names) if world == 1 else contextlib.nullcontext(None)
+    with writer_cm as writer, progress:
+        task = progress.add_task("", total=len(mine))
+        for k, res in enumerate(stream_detections(det, [paths[i] for i in mine], batch_size, timing,
+                                                  ids=[ids[i] for i in mine]), 1):
             if res.error is not None:
-                skipped.append((str(res.path), res.error))
-                con.print(f"  [yellow]skipped[/] {res.path}: {res.error}")
+                if writer is not None:
+                    skipped.append((str(res.path), res.error))
+                    con.print(f"  [yellow]skipped[/] {res.path}: {res.error}")
+                else:
+                    found[res.image_id] = _Found(res.error)
                 progress.update(task, advance=1)
                 continue
             if res.image is None or res.detections is None:  # pragma: no cover - stream_detections sets both
                 continue
             d = res.detections
             h, w = res.image.shape[:2]
-            writer.write_image(res.image_id, res.path, w, h, d.boxes, d.scores, d.labels)
+            if writer is not None:
+                writer.write_image(res.image_id, res.path, w, h, d.boxes, d.scores, d.labels)
+                n_images += 1
+                n_dets += len(d)
+                for name in d.label_names:
+                    per_class[name] = per_class.get(name, 0) + 1
+            else:
+                found[res.image_id] = _Found(None, d.boxes, d.scores, d.labels, (h, w))
             if save_images:
                 _save_annotated(res.image, d, out, res.image_id, res.path.suffix)
-            n_images += 1
-            n_dets += len(d)
-            for name in d.label_names:
-                per_class[name] = per_class.get(name, 0) + 1
             if interactive:
                 progress.update(task, advance=1, description=f"{res.path.name}: {len(d)} det")
-            else:
-                con.print(f"  image {k}/{len(paths)} {res.path.name}: {len(d)} detections")
+            elif main:
+                con.print(f"  image {k}/{len(mine)} {res.path.name}: {len(d)} detections")
+
+    timed = timing[warmup:] if len(timing) > warmup else timing
+    warmup_excluded = len(timing) > warmup
+    if world > 1:
+        # in shard order: stream_detections yields a skipped image before the batch that was pending
+        results = _gather_found([found[ids[i]] for i in mine], batch_size)
+        ranks_timing = distributed.all_gather_json(
+            {"timed": [t.to_dict() for t in timed], "excluded": warmup_excluded, "batches": len(timing)})
+        timed = [PhaseTimes(**t) for r in ranks_timing for t in r["timed"]]
+        warmup_excluded = all(r["excluded"] for r in ranks_timing if r["batches"])
+        writer_ctx = PredictionsWriter(pred_path, names) if main else contextlib.nullcontext(None)
+        with writer_ctx as all_writer:
+            for path, image_id, f in zip(paths, ids, results, strict=True):
+                if f.error is not None:
+                    skipped.append((str(path), f.error))
+                    continue
+                if all_writer is not None:
+                    all_writer.write_image(image_id, path, f.size[1], f.size[0], f.boxes, f.scores, f.labels)
+                n_images += 1
+                n_dets += len(f.labels)
+                for c in f.labels.tolist():
+                    per_class[names[c]] = per_class.get(names[c], 0) + 1
     wall = time.perf_counter() - t_start
 
     coco_path = None
-    if coco_json is not None:
+    if coco_json is not None and main:
         coco_path = write_coco_results(read_predictions(pred_path, names), coco_json)
 
-    timed = timing[warmup:] if len(timing) > warmup else timing
     total = PhaseTimes()
     for t in timed:
         total.add(t)
@@ -325,13 +405,52 @@ def run_detect(
         output_dir=out, predictions=pred_path, coco_json=coco_path, backend=det.describe(), images=n_images,
         detections=n_dets, skipped=skipped, per_class=dict(sorted(per_class.items())),
         ms_per_image=total.per_image() if total.images else {}, timed_images=total.images,
-        warmup_excluded=len(timing) > warmup, wall_seconds=wall)
-    _print_summary(con, summary)
+        warmup_excluded=warmup_excluded, wall_seconds=wall, processes=world)
+    if main:
+        _print_summary(con, summary)
+    distributed.barrier()  # every rank returns once rank 0 has written the files
     return summary
+
+
+@dataclass
+class _Found:
+    """One image of a shard: the error that skipped it, or its detections and ``(height, width)``."""
+
+    error: str | None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    size: tuple[int, int] = (0, 0)
+
+
+def _gather_found(found: list[_Found], batch_size: int) -> list[_Found]:
+    """Every rank's per-image results, in the original path order (every rank gets all of them)."""
+    from frcnn_trt.train import distributed
+
+    parts = distributed.all_gather_arrays({
+        "counts": np.array([len(f.labels) for f in found], np.int64),
+        "boxes": np.concatenate([f.boxes for f in found]).astype(np.float32, copy=False).reshape(-1, 4)
+        if found else np.zeros((0, 4), np.float32),
+        "scores": np.concatenate([f.scores for f in found]).astype(np.float32, copy=False)
+        if found else np.zeros(0, np.float32),
+        "labels": np.concatenate([f.labels for f in found]).astype(np.int64, copy=False)
+        if found else np.zeros(0, np.int64),
+        "sizes": np.array([f.size for f in found], np.int64).reshape(-1, 2)})
+    errors = distributed.all_gather_json([f.error for f in found])
+    per_rank: list[list[_Found]] = []
+    for p, errs in zip(parts, errors, strict=True):
+        ends = np.cumsum(p["counts"]).tolist()
+        items = []
+        for c, e, (h, w), err in zip(p["counts"].tolist(), ends, p["sizes"].tolist(), errs, strict=True):
+            items.append(_Found(err, p["boxes"][e - c:e], p["scores"][e - c:e], p["labels"][e - c:e],
+                                (int(h), int(w))))
+        per_rank.append(items)
+    return distributed.unshard(per_rank, chunk=batch_size)
 
 
 def _print_summary(con: Any, s: DetectSummary) -> None:
     con.print(f"[bold]done:[/] {s.images} image(s), {s.detections} detection(s) in {s.wall_seconds:.1f} s"
+              + (f" ({s.processes} processes)" if s.processes > 1 else "")
               + (f", [yellow]{len(s.skipped)} skipped[/]" if s.skipped else ""))
     if s.per_class:
         con.print("  per class: " + ", ".join(f"{k} {v}" for k, v in s.per_class.items()))

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ import numpy as np
 
 from frcnn_trt.data.images import image_size
 from frcnn_trt.errors import DatasetError, FrcnnError
-from frcnn_trt.io import atomic_open, atomic_write_json, sha256_file
+from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 
 __all__ = [
     "RoidbEntry",
@@ -438,7 +440,25 @@ def _cache_files(cache_dir: Path, name: str, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{stem}.json", cache_dir / f"{stem}.npz"
 
 
-def _save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb) -> None:
+def _writes_cache() -> bool:
+    """Whether this process writes the cache: always, except ranks other than 0 under torchrun."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return True
+    from frcnn_trt.train.distributed import is_main_process  # lazily: torch only under torchrun
+
+    return is_main_process()
+
+
+def _save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb) -> bool:
+    """Write the cache (npz, then its JSON sidecar); returns whether this process wrote it.
+
+    The sidecar's hash is that of the bytes written (hashed in memory before the atomic write, not read
+    back from disk, where another writer may have replaced the file meanwhile). Under torchrun only rank 0
+    writes: every rank that missed the cache builds the same roidb, and concurrent writers would each
+    leave their own npz (its zip timestamps differ) next to another's sidecar.
+    """
+    if not _writes_cache():
+        return False
     entries = result.entries
     offsets = np.zeros(len(entries) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([e.num_rois for e in entries])
@@ -458,14 +478,16 @@ def _save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb
         arrays["bbox_targets"] = cat(
             [e.bbox_targets for e in entries if e.bbox_targets is not None], (0, 5), np.float32
         )
-    with atomic_open(npz_path, "wb") as fh:
-        np.savez(fh, allow_pickle=False, **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    data = buf.getvalue()
+    atomic_write_bytes(npz_path, data)
     meta = {
         "format": "frcnn_trt.roidb",
         "version": CACHE_VERSION,
         "key": key,
         "npz": npz_path.name,
-        "npz_sha256": sha256_file(npz_path),
+        "npz_sha256": sha256_bytes(data),
         "num_classes": entries[0].num_classes if entries else 0,
         "entries": [[e.image_id, str(e.image), e.width, e.height, e.flipped] for e in entries],
         "removed": [list(r) for r in result.removed],
@@ -473,6 +495,7 @@ def _save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb
         "bbox_stds": None if result.bbox_stds is None else result.bbox_stds.tolist(),
     }
     atomic_write_json(json_path, meta)
+    return True
 
 
 def _load_cache(json_path: Path, npz_path: Path, key: str) -> TrainingRoidb:
@@ -598,8 +621,7 @@ def build_training_roidb(
             eps=eps,
         )
     result = TrainingRoidb(kept, removed, bbox_means, bbox_stds)
-    if json_path is not None and npz_path is not None:
-        _save_cache(json_path, npz_path, key, result)
+    if json_path is not None and npz_path is not None and _save_cache(json_path, npz_path, key, result):
         result.cache_path = json_path
         logger.info("roidb cached to %s", json_path)
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from frcnn_trt.data import roidb as roidb_mod
 from frcnn_trt.data.imdb import ImageAnnotation
 from frcnn_trt.data.roidb import (
     RoidbEntry,
@@ -378,3 +381,46 @@ def test_build_training_roidb_gt_only_without_cache(tmp_path: Path) -> None:
     assert res.cache_path is None and res.bbox_means is None
     assert [e.num_rois for e in res.entries] == [2, 2, 1]  # im2's second box is difficult
     assert all(e.bbox_targets is None for e in res.entries)
+
+
+def test_cache_sidecar_hashes_the_bytes_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    imdb = _FakeImdb(tmp_path)
+    cache = tmp_path / "cache"
+    written: list[bytes] = []
+    real_write = roidb_mod.atomic_write_bytes
+
+    def write_then_clobber(path: Any, data: bytes) -> None:
+        real_write(path, data)
+        written.append(data)
+        if len(written) == 2:  # another writer replaces the npz between our rename and our sidecar
+            Path(path).write_bytes(data + b"\0")
+
+    monkeypatch.setattr(roidb_mod, "atomic_write_bytes", write_then_clobber)
+    res = build_training_roidb(imdb, use_flipped=False, cache_dir=cache)
+    assert res.cache_path is not None
+    meta = json.loads(res.cache_path.read_text())
+    npz = res.cache_path.with_name(meta["npz"])
+    assert meta["npz_sha256"] == hashlib.sha256(npz.read_bytes()).hexdigest() == hashlib.sha256(written[0]).hexdigest()
+    assert build_training_roidb(imdb, use_flipped=False, cache_dir=cache).from_cache
+
+    # the sidecar describes what this process wrote, not what is on disk after its rename
+    res2 = build_training_roidb(imdb, use_flipped=True, cache_dir=cache)
+    assert res2.cache_path is not None
+    meta2 = json.loads(res2.cache_path.read_text())
+    assert meta2["npz_sha256"] == hashlib.sha256(written[1]).hexdigest()
+    assert meta2["npz_sha256"] != hashlib.sha256(res2.cache_path.with_name(meta2["npz"]).read_bytes()).hexdigest()
+    assert not build_training_roidb(imdb, use_flipped=True, cache_dir=cache).from_cache  # mismatch: rebuilt
+
+
+def test_cache_written_by_rank_0_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    imdb = _FakeImdb(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's environment, no process group started
+    monkeypatch.setenv("RANK", "1")
+    res = build_training_roidb(imdb, use_flipped=False, cache_dir=cache)
+    assert res.cache_path is None and not res.from_cache and len(res.entries) == 3
+    assert not cache.exists() or not any(cache.iterdir())
+    monkeypatch.setenv("RANK", "0")
+    assert build_training_roidb(imdb, use_flipped=False, cache_dir=cache).cache_path is not None
+    monkeypatch.setenv("RANK", "1")
+    assert build_training_roidb(imdb, use_flipped=False, cache_dir=cache).from_cache  # every rank reads it

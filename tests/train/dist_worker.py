@@ -3,7 +3,7 @@ workers: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the environme
 
 ``python -m tests.train.dist_worker JOBS.json``: runs the jobs of the file in order through the library API
 (which starts the process group from the environment, as under torchrun) and writes what a test compares
-(loss traces, DDP bucket statistics) as ``<out>/<job>.rank<r>.json``.
+(loss traces, DDP bucket statistics, the detect summary and console output) as ``<out>/<job>.rank<r>.json``.
 """
 
 from __future__ import annotations
@@ -89,6 +89,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             model, _ = load_checkpoint(job["model"])
             res = test_net(model, imdb, model.cfg, job["out"], batch_size=job.get("batch_size", 1))
             RECORD["evaluated"] = res.result is not None
+        elif kind == "detect":
+            import io
+
+            from rich.console import Console
+
+            from frcnn_trt.detect import run_detect
+
+            con = Console(file=io.StringIO(), width=200, highlight=False, soft_wrap=True)
+            summary = run_detect(job["source"], checkpoint=job["model"], backend="torch", device="cpu",
+                                 project=job["project"], coco_json=job.get("coco_json"), conf_thresh=0.2,
+                                 batch_size=job.get("batch_size", 1), console=con)
+            RECORD["summary"] = summary.to_dict()
+            RECORD["printed"] = con.file.getvalue()
         elif kind == "collectives":
             rank = distributed.get_rank()
             RECORD["json"] = distributed.all_gather_json({"rank": rank})

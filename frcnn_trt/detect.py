@@ -142,13 +142,16 @@ class ImageResult:
 
 
 def _unique_ids(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+    """File stems as image ids; a repeated stem gets the first free ``_2``, ``_3``, … suffix."""
+    taken: set[str] = set()
     out = []
     for p in paths:
-        stem = p.stem
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        out.append(stem if n == 1 else f"{stem}_{n}")
+        candidate, n = p.stem, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{p.stem}_{n}"
+        taken.add(candidate)
+        out.append(candidate)
     return out
 
 

@@ -87,3 +87,10 @@ def test_sources_and_errors(folder: Path, tmp_path: Path, exported: tuple[Path, 
         iter_image_paths(tmp_path / "empty")
     with pytest.raises(FrcnnError, match="exactly one"):
         run_detect(folder, export_dir=exported[1], checkpoint=exported[0], console=console())
+
+
+def test_image_ids_are_unique_even_with_suffix_like_stems() -> None:
+    from frcnn_trt.detect import _unique_ids
+
+    ids = _unique_ids([Path("a.jpg"), Path("x/a.png"), Path("a_2.jpg"), Path("b.jpg")])
+    assert ids == ["a", "a_2", "a_2_2", "b"] and len(set(ids)) == 4

@@ -97,8 +97,11 @@ def test_propose_is_rpn_generate_and_equal_across_backends(detectors: dict[str, 
         ref_boxes, ref_scores = detectors["torch"].propose([im])[0]
         boxes, scores = detectors["onnxruntime"].propose([im])[0]
         assert boxes.shape == ref_boxes.shape and boxes.shape[0] > 300  # uncapped pre-NMS, up to 2000 kept
-        np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3, rtol=0)
-        np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=0)
+        # the same set of boxes (within 1e-3 px) with the same scores; boxes with exactly tied scores may come
+        # out of the sort in another order on another backend
+        dist = np.abs(boxes[:, None, :] - ref_boxes[None, :, :]).max(2)
+        assert dist.min(1).max() < 1e-3 and dist.min(0).max() < 1e-3
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)  # FP32 parity bound of the issue
         assert (np.diff(ref_scores) <= 0).all()
         h, w = im.shape[:2]
         s = compute_scale(h, w, 240, 400)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -216,7 +217,7 @@ def file_stats(paths: Iterable[Path]) -> list[list[object]]:
     return out
 
 
-class Imdb:
+class Imdb(ABC):
     """One dataset: names, classes, image ids and per-image ground truth (loaded once, on first use).
 
     Subclasses implement :meth:`_load` (returning the records, adding problems to the given
@@ -311,11 +312,13 @@ class Imdb:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     # -- subclass hooks ----------------------------------------------------------------------------------
+    @abstractmethod
     def _load(self, log: IssueLog) -> list[ImageAnnotation]:
-        raise NotImplementedError
+        """The dataset's records; problems go to ``log`` (which raises in strict mode)."""
 
+    @abstractmethod
     def _fingerprint_files(self) -> Iterable[Path]:
-        raise NotImplementedError
+        """The files whose paths, sizes and mtimes identify this dataset's content (cache invalidation)."""
 
 
 class CombinedImdb(Imdb):

@@ -28,10 +28,10 @@ BGR 0–255 minus ``PIXEL_MEANS`` (BGR), ``x[j] = I_bgr[j] − m[j]``. With c = 
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from pickle import UnpicklingError  # the exception type only: files load with weights_only=True
 
 import torch
 from torch import Tensor
@@ -106,7 +106,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise CheckpointError(f"{path}: cannot read safetensors file: {exc}") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refusing to load: not a tensors-only torch file ({_unpickler_detail(exc)}); "
             "frcnn-trt never unpickles arbitrary objects (torch.load weights_only=True) — convert the file "

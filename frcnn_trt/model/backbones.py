@@ -410,7 +410,8 @@ def network_names() -> list[str]:
     return list(NETWORKS)
 
 
-def _canonical(name: str) -> str:
+def canonical_network_name(name: str) -> str:
+    """``name`` as NETWORKS spells it (case-insensitive match); ConfigError with the closest name if unknown."""
     by_lower = {k.lower(): k for k in NETWORKS}
     key = by_lower.get(name.lower())
     if key is None:
@@ -426,4 +427,4 @@ def build_network(name: str) -> Backbone:
     Unknown names raise :class:`~frcnn_trt.errors.ConfigError` with the closest known name. Build under
     ``with torch.device("meta"):`` to get shapes without allocating weights.
     """
-    return NETWORKS[_canonical(name)]()
+    return NETWORKS[canonical_network_name(name)]()

@@ -137,11 +137,13 @@ def _unpickler_detail(exc: Exception) -> str:
 
 
 def save_weights(backbone: Backbone, path: str | Path) -> None:
-    """Write ``backbone``'s state dict as safetensors, the network name in the file's metadata."""
-    from safetensors.torch import save_file
+    """Write ``backbone``'s state dict as safetensors (atomically), the network name in the file's metadata."""
+    from safetensors.torch import save
+
+    from frcnn_trt.io import atomic_write_bytes
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
-    save_file(tensors, str(path), metadata={"network": backbone.name, "layout": "frcnn"})
+    atomic_write_bytes(path, save(tensors, metadata={"network": backbone.name, "layout": "frcnn"}))
 
 
 def _safetensors_network(path: Path) -> str | None:

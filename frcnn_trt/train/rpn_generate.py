@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,12 +120,27 @@ def reusable(path: Path, model_sha: str, settings: Mapping[str, Any], image_ids:
     return same
 
 
+def propose_threads(det: Any, requested: int | None = None) -> int:
+    """Threads proposing at once: on a CPU, the uncapped NMS (one core each, the GIL released) dominates, so
+    up to 4 images run side by side; one on a GPU (TensorRT's execution context is single-threaded, and the
+    GPU already runs the NMS in parallel)."""
+    if requested is not None:
+        return max(1, int(requested))
+    if det.backend.device.type != "cpu" or det.backend.name not in ("onnxruntime", "torch"):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Path, *, backend: str = "auto",
-                 device: str | None = None, batch_size: int = 1, resume: bool = True) -> tuple[Path, dict[str, Any]]:
+                 device: str | None = None, batch_size: int = 1, resume: bool = True,
+                 threads: int | None = None) -> tuple[Path, dict[str, Any]]:
     """Proposals of ``checkpoint``'s RPN for every image of ``imdb`` → a proposals file; returns it and stats.
 
     ``backend``: ``auto`` | ``tensorrt`` | ``onnxruntime`` | ``torch``. Every backend but torch runs the
     exported ``rpn.onnx`` (exported next to ``out_path``).
+
+    ``threads``: images proposed side by side (default :func:`propose_threads`); the file is the same for any
+    number.
 
     Under torchrun every rank proposes for its shard of the images (every W-th batch of ``batch_size``),
     rank 0 gathers them and writes the file a single process would write (same order, same arrays); every
@@ -172,29 +189,36 @@ def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Pa
 
     boxes: list[np.ndarray] = []
     scores: list[np.ndarray] = []
+    chunks = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
+    n_threads = propose_threads(det, threads)
+
+    def propose(chunk: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        ims = [read_image(annotations[i].path) for i in chunk]
+        return det.propose(ims, settings["pre_nms_top_n"], settings["post_nms_top_n"])
+
     t1 = time.perf_counter()
-    for start in range(0, len(mine), batch_size):
-        chunk = [annotations[i] for i in mine[start:start + batch_size]]
-        ims = [read_image(a.path) for a in chunk]
-        for b, s in det.propose(ims, settings["pre_nms_top_n"], settings["post_nms_top_n"]):
-            boxes.append(np.asarray(b, np.float32).reshape(-1, 4))
-            scores.append(np.asarray(s, np.float32).reshape(-1))
-        done = start + len(chunk)
-        if done % 500 < batch_size or done == len(mine):
-            logger.info("rpn_generate: %d/%d images", done, len(mine))
+    with ThreadPoolExecutor(n_threads) as pool:
+        done = 0
+        for chunk, proposed in zip(chunks, pool.map(propose, chunks), strict=True):  # in order
+            for b, s in proposed:
+                boxes.append(np.asarray(b, np.float32).reshape(-1, 4))
+                scores.append(np.asarray(s, np.float32).reshape(-1))
+            done += len(chunk)
+            if done % 500 < batch_size or done == len(mine):
+                logger.info("rpn_generate: %d/%d images", done, len(mine))
     by_id_boxes, by_id_scores = _gather(image_ids, mine, boxes, scores, batch_size)
     seconds = time.perf_counter() - t1
     counts = [len(by_id_boxes[i]) for i in image_ids]
-    stats = {"backend": det.describe(), "images": len(image_ids), "seconds": round(seconds, 3),
+    stats = {"backend": det.describe(), "threads": n_threads, "images": len(image_ids), "seconds": round(seconds, 3),
              "ms_per_image": round(1000 * seconds / max(len(image_ids), 1), 2), "setup_seconds": round(t_load, 3),
              "mean_proposals": round(float(np.mean(counts)) if counts else 0.0, 1), "processes": world}
     meta = {"settings": settings, "model": str(checkpoint), "model_sha256": model_sha, "imdb": imdb.name,
             "backend": det.backend.name, "stats": stats}
     if rank == 0:
         save_proposals(out_path, Proposals(image_ids, by_id_boxes, by_id_scores, meta))
-        logger.info("rpn_generate: %d images in %.1f s (%.1f ms/image, %s), %.0f proposals/image → %s",
-                    len(image_ids), seconds, stats["ms_per_image"], det.backend.name, stats["mean_proposals"],
-                    out_path)
+        logger.info("rpn_generate: %d images in %.1f s (%.1f ms/image, %s, %d thread(s)), %.0f proposals/image → %s",
+                    len(image_ids), seconds, stats["ms_per_image"], det.backend.name, n_threads,
+                    stats["mean_proposals"], out_path)
     distributed.barrier()  # the file exists for every rank from here on
     return out_path, stats
 

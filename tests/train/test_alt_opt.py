@@ -160,3 +160,27 @@ def test_iters_option() -> None:
     for bad in ("1,2,3", "a,b,c,d", "1,2,3,0"):
         with pytest.raises(ConfigError, match="--iters"):
             alt_opt.parse_iters(bad)
+
+
+def test_rpn_generate_threads_write_the_same_file(recorded: dict[str, Any], tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from frcnn_trt.train.rpn_generate import propose_threads, rpn_generate
+
+    res, imdb = recorded["result"], recorded["imdb"]
+    model = res.stage_checkpoints["stage2_rpn"]
+    files = {}
+    for n in (1, 3):
+        path, stats = rpn_generate(model, imdb, _cfg(), tmp_path / f"p{n}.npz", backend="torch", device="cpu",
+                                   resume=False, threads=n)
+        assert stats["threads"] == n
+        files[n] = load_proposals(path)
+    a, b = files[1], files[3]
+    assert a.image_ids == b.image_ids
+    assert all(np.array_equal(a.boxes[i], b.boxes[i]) and np.array_equal(a.scores[i], b.scores[i]) for i in a.image_ids)
+
+    def det(name: str, device: str) -> Any:
+        return SimpleNamespace(backend=SimpleNamespace(name=name, device=torch.device(device)))
+
+    assert propose_threads(det("tensorrt", "cuda")) == 1 and propose_threads(det("torch", "cuda")) == 1
+    assert 1 <= propose_threads(det("onnxruntime", "cpu")) <= 4 and propose_threads(det("tensorrt", "cuda"), 2) == 2

@@ -77,6 +77,7 @@ def get_imdb(name: str, data_root: Path | str = "data", *, use_diff: bool = Fals
             name=f"{kind}_{root.name}_{split}" if kind == "synth" else f"{root.name}_{split}",
             use_diff=use_diff,
             strict=strict,
+            use_07_metric=kind == "synth",  # the synthetic benchmark is scored like VOC2007 (11-point AP)
         )
     if name.startswith("coco:"):
         m = _COCO_PATH.fullmatch(name[len("coco:") :])

@@ -48,6 +48,8 @@ def test_synth_and_coco_paths(voc_builder, tmp_path, image_writer, coco_writer) 
         get_imdb(f"synth:{tmp_path / 'nothing'}:test")
     voc_builder.classes(["car"])
     assert get_imdb(f"synth:{voc_builder.root}:test").name == "synth_vocset_test"
+    assert get_imdb(f"synth:{voc_builder.root}:test").use_07_metric  # scored like VOC2007
+    assert not get_imdb(f"voc:{voc_builder.root}:test").use_07_metric
 
     image_writer(tmp_path / "imgs" / "a.jpg")
     ann = coco_writer(

@@ -235,6 +235,36 @@ def train_end2end_cmd(
     _out().print(f"next: frcnn-trt test --model {path} --imdb <test imdb>   or   frcnn-trt export {path}")
 
 
+@train_app.command("pretrain", help="Classification pretraining of a backbone (body + fc6/fc7) on the object crops "
+                   "of a training imdb: a stand-in for ImageNet weights where there are none (the tiny net). The "
+                   "file it writes is what --weights of `train end2end` / `train alt-opt` takes.")
+def train_pretrain_cmd(
+    imdb: ImdbName,
+    output: Annotated[Path, typer.Option(help="The weights file to write (.safetensors, JSON sidecar beside it).")],
+    net: Annotated[str, typer.Option(help="tiny, VGG16, ZF, VGG_CNN_M_1024, resnet50_c4.")] = "tiny",
+    iters: Annotated[int, typer.Option(help="Iterations.")] = 600,
+    crops: Annotated[int, typer.Option(help="Crops per iteration.")] = 64,
+    crop_size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 64,
+    lr: Annotated[float, typer.Option(help="Base learning rate (cosine decay to 0).")] = 0.02,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 3,
+    workers: Annotated[int, typer.Option(help="Data loader processes.")] = 1,
+    force: Annotated[bool, typer.Option(help="Retrain even if OUTPUT was made with the same settings.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1.")] = "auto",
+    data_root: DataRoot = Path("data"),
+) -> None:
+    from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.model.backbones import canonical_network_name
+    from frcnn_trt.train.loop import resolve_device
+    from frcnn_trt.train.pretrain import PretrainSettings, pretrain_backbone
+
+    settings = PretrainSettings(net=canonical_network_name(net), iters=iters, crops_per_batch=crops,
+                                crop=crop_size, base_lr=lr, seed=seed)
+    path = pretrain_backbone(get_imdb(imdb, data_root), output, settings, device=resolve_device(device),
+                             num_workers=workers, force=force)
+    _out().print(f"[green]pretrained weights[/] {path}")
+    _out().print(f"next: frcnn-trt train alt-opt --net {settings.net} --imdb {imdb} --weights {path}")
+
+
 # ------------------------------------------------------------------------------------------------ test
 
 
@@ -291,10 +321,8 @@ def train_alt_opt_cmd(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 (default: DEVICE of the config).")] = None,
     data_root: DataRoot = Path("data"),
 ) -> None:
-    from rich.table import Table
-
     from frcnn_trt.data.factory import get_imdb
-    from frcnn_trt.train.alt_opt import parse_iters, train_alt_opt, with_iters
+    from frcnn_trt.train.alt_opt import parse_iters, summary_table, train_alt_opt, with_iters
 
     cfg = _train_config(net, "alt_opt", cfg_files, ctx)
     if iters:
@@ -302,16 +330,7 @@ def train_alt_opt_cmd(
     db = get_imdb(imdb, data_root, use_diff=cfg.TRAIN.USE_DIFF)
     out = _output_dir(output, cfg, db.name)
     res = train_alt_opt(cfg, db, out, weights=weights, backend=backend, resume=resume, device=device)
-    table = Table(title="alt-opt", title_justify="left")
-    table.add_column("step")
-    table.add_column("time", justify="right")
-    table.add_column("output")
-    for name, secs in res.seconds.items():
-        path = res.stage_checkpoints.get(name) or res.proposals.get(name)
-        extra = res.generate_stats.get(name)
-        note = f" ({extra['backend']}, {extra['ms_per_image']} ms/image)" if extra else ""
-        table.add_row(name, f"{secs:.1f} s", f"{path}{note}")
-    _out().print(table)
+    _out().print(summary_table(res))
     _out().print(f"[green]final model[/] {res.final}")
     _out().print(f"next: frcnn-trt export {res.final}")
 
@@ -429,10 +448,12 @@ def demo_cmd(
                                          "tensorrt.")] = "auto",
     iters: Annotated[str | None, typer.Option(help="a,b,c,d alt-opt iterations (default: configs/"
                                               "tiny_alt_opt.yml).")] = None,
+    pretrain_iters: Annotated[int, typer.Option(help="Iterations of the crop pretraining (ImageNet stand-in).")] = 800,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
 ) -> None:
-    """The main job on built-in data: synthetic set → train alt-opt → export → detect → eval."""
+    """The main job on built-in data: synthetic set → pretrain → train alt-opt → export → detect → eval."""
     from frcnn_trt.demo import run_demo
     from frcnn_trt.train.alt_opt import parse_iters
 
-    run_demo(workdir, backend=backend, iters=parse_iters(iters) if iters else None, device=device, console=_out())
+    run_demo(workdir, backend=backend, iters=parse_iters(iters) if iters else None, pretrain_iters=pretrain_iters,
+             device=device, console=_out())

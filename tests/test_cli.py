@@ -69,3 +69,36 @@ def test_alt_opt_bad_iters(bad: str, synth_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "alt-opt", "--net", "tiny", "--imdb", f"synth:{synth_dir}:trainval",
                               "--iters", bad, "--output", str(tmp_path)])
     assert res.exit_code == 1 and "--iters" in res.output
+
+
+def test_pretrain_then_train_with_its_weights(synth_dir: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "pre.safetensors"
+    out = _ok(["train", "pretrain", "--imdb", f"synth:{synth_dir}:trainval", "--output", str(weights), "--iters", "2",
+               "--crops", "8", "--crop-size", "32", "--workers", "0", "--device", "cpu"])
+    assert weights.exists() and "next: frcnn-trt train alt-opt --net tiny" in out
+    out = _ok(["train", "end2end", "--net", "tiny", "--imdb", f"synth:{synth_dir}:trainval", "--iters", "1",
+               "--weights", str(weights), "--output", str(tmp_path / "run"), *SMALL])
+    assert "final model" in out
+    res = runner.invoke(app, ["train", "pretrain", "--imdb", f"synth:{synth_dir}:trainval", "--net", "VGG17",
+                              "--output", str(weights)])
+    assert res.exit_code == 1 and "did you mean 'VGG16'" in res.output
+
+
+def test_demo_runs_every_step_and_resumes(tmp_path: Path) -> None:
+    """The README's demo end to end, on 12 images with 2-iteration stages (the real run is measured in README)."""
+    from frcnn_trt.demo import run_demo
+
+    res = run_demo(tmp_path / "demo", backend="onnxruntime", num_images=12, iters=(2, 2, 2, 2), pretrain_iters=2,
+                   device="cpu")
+    assert 0.0 <= res.mean_ap <= 1.0 and res.final_model.exists()
+    assert (res.export_dir / "rpn.onnx").exists() and (res.export_dir / "detector.onnx").exists()
+    assert set(res.seconds) == {"data", "pretrain", "train", "export", "detect", "eval"}
+    assert any(res.detect_dir.glob("*.jpg")) and (res.detect_dir / "predictions.json").exists()
+    weights = tmp_path / "demo" / "pretrain" / "tiny_crops.safetensors"
+    last_stage = tmp_path / "demo" / "alt_opt" / "stage2_fast_rcnn" / "stage2_fast_rcnn_final.safetensors"
+    stamp = (weights.stat().st_mtime_ns, last_stage.stat().st_mtime_ns)
+    final = res.final_model.read_bytes()
+    again = run_demo(tmp_path / "demo", backend="onnxruntime", num_images=12, iters=(2, 2, 2, 2), pretrain_iters=2,
+                     device="cpu")
+    assert (weights.stat().st_mtime_ns, last_stage.stat().st_mtime_ns) == stamp  # reused, not retrained
+    assert again.final_model.read_bytes() == final and again.mean_ap == pytest.approx(res.mean_ap)

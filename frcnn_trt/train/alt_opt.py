@@ -63,6 +63,22 @@ class AltOptResult:
     generate_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def summary_table(res: AltOptResult) -> Any:
+    """A rich table of the steps: time, output file and, for rpn_generate, backend and ms/image."""
+    from rich.table import Table
+
+    table = Table(title="alt-opt", title_justify="left")
+    table.add_column("step")
+    table.add_column("time", justify="right")
+    table.add_column("output")
+    for name, secs in res.seconds.items():
+        path = res.stage_checkpoints.get(name) or res.proposals.get(name)
+        extra = res.generate_stats.get(name)
+        note = f" ({extra['backend']}, {extra['ms_per_image']} ms/image)" if extra else ""
+        table.add_row(name, f"{secs:.1f} s", f"{path}{note}")
+    return table
+
+
 def parse_iters(text: str) -> tuple[int, int, int, int]:
     """``--iters a,b,c,d`` → four positive ints."""
     try:
@@ -161,7 +177,7 @@ def train_alt_opt(
     def from_imagenet(model: FasterRCNN) -> None:
         if weights is not None:
             report = load_weights(model.backbone, weights, pixel_means=cfg.PIXEL_MEANS)
-            logger.info("initialised %s from %s (%s)", cfg.MODEL.NET, weights, report)
+            logger.info("initialised %s from %s", cfg.MODEL.NET, report.summary())
         else:
             logger.warning("no --weights: %s starts from random initialisation", cfg.MODEL.NET)
 

@@ -30,7 +30,7 @@ def build_model(cfg: C.Config, num_classes: int, weights: str | Path | None) -> 
     model = FasterRCNN.from_config(cfg, num_classes)
     if weights is not None:
         report = load_weights(model.backbone, weights, pixel_means=cfg.PIXEL_MEANS)
-        logger.info("initialised %s from %s (%s)", cfg.MODEL.NET, weights, report)
+        logger.info("initialised %s from %s", cfg.MODEL.NET, report.summary())
     else:
         logger.warning("no --weights given: %s starts from random initialisation (fine for the tiny net on "
                        "synthetic data; the VGG/ZF nets need ImageNet weights to reach published mAP)",

@@ -17,7 +17,8 @@ will see them:
 Body and fc6/fc7 are saved (the classifier is dropped, like ImageNet's fc8) as a ``.safetensors`` that
 ``--weights`` takes, with a JSON sidecar of the settings and the final accuracy. Difficult objects are not
 used. Seeded: every batch is drawn from its own generator seeded by ``(seed, iteration)``, so the result does
-not depend on the number of loader workers. A file made with the same settings is reused, not retrained.
+not depend on the number of loader workers. A file made with the same settings from the same annotations is
+reused, not retrained.
 
 Not py-faster-rcnn: an addition for users without ImageNet weights. The crops come from the training images
 only, so the test split stays unseen.
@@ -44,7 +45,7 @@ from frcnn_trt.errors import ConfigError, DatasetError
 from frcnn_trt.io import atomic_write_json
 from frcnn_trt.log import IterationProgress, get_logger
 from frcnn_trt.model.backbones import build_network
-from frcnn_trt.model.weights import save_weights
+from frcnn_trt.model.weights import DEFAULT_PIXEL_MEANS, save_weights
 from frcnn_trt.ops.roi_pool import RoIPool
 
 __all__ = ["PretrainSettings", "pretrain_backbone"]
@@ -67,13 +68,14 @@ class PretrainSettings:
     step_at: float = 0.8  # fraction of the iterations after which the learning rate is ×0.1
     bg_fraction: float = 0.25
     seed: int = 3
-    pixel_means: tuple[float, float, float] = (102.9801, 115.9465, 122.7717)
+    pixel_means: tuple[float, float, float] = DEFAULT_PIXEL_MEANS
 
     def check(self) -> None:
         if self.iters < 1 or self.crops_per_batch < 2 or self.images_per_batch < 1:
             raise ConfigError(f"pretrain needs iters ≥ 1, crops_per_batch ≥ 2 and images_per_batch ≥ 1, got {self}")
-        if self.crop < 16 or not 0.0 < self.bg_fraction < 1.0 or self.base_lr <= 0:
-            raise ConfigError(f"pretrain needs crop ≥ 16, 0 < bg_fraction < 1 and base_lr > 0, got {self}")
+        if self.crop < 16 or not 0.0 < self.bg_fraction < 1.0 or self.base_lr <= 0 or not 0.0 < self.step_at <= 1.0:
+            raise ConfigError(f"pretrain needs crop ≥ 16, 0 < bg_fraction < 1, base_lr > 0 and 0 < step_at ≤ 1, "
+                              f"got {self}")
 
 
 class CropBatches(Dataset[tuple[Tensor, Tensor, Tensor]]):
@@ -189,7 +191,7 @@ def _reusable(path: Path, meta: dict[str, Any]) -> bool:
         old = json.loads(side.read_text())
     except (OSError, ValueError):
         return False
-    return bool(old.get("settings") == meta["settings"] and old.get("imdb") == meta["imdb"])
+    return all(old.get(k) == meta[k] for k in ("settings", "imdb", "annotations"))
 
 
 def pretrain_backbone(imdb: Any, output: str | Path, settings: PretrainSettings | None = None, *,
@@ -211,7 +213,7 @@ def pretrain_backbone(imdb: Any, output: str | Path, settings: PretrainSettings 
     if n_obj == 0:
         raise DatasetError(f"{imdb.name}: no (non-difficult) objects to pretrain on")
     meta: dict[str, Any] = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()},
-                            "imdb": imdb.name, "classes": list(imdb.classes)}
+                            "imdb": imdb.name, "annotations": imdb.fingerprint(), "classes": list(imdb.classes)}
     if not force and _reusable(out, meta):
         logger.info("pretrain: reusing %s (same settings and imdb)", out)
         return out

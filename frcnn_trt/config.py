@@ -71,6 +71,12 @@ class TrainConfig:
     USE_DIFF: bool = False
     # frcnn-trt: DataLoader worker processes for background prefetch.
     NUM_WORKERS: int = 2
+    # frcnn-trt: host memory (MiB) for the conv features of training images while the shared conv is frozen
+    # (alt-opt stage 2), reused each time an image comes round again; 0 = off (frcnn_trt.train.feature_cache).
+    FEATURE_CACHE_MB: int = 2048
+    # frcnn-trt: with the cache, images of mixed-size (zero-padded) batches use their own unpadded features, as at
+    # test time, instead of their padded blob's: not py-faster-rcnn's numbers, but the cache serves those batches.
+    FEATURE_CACHE_UNPADDED: bool = False
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,7 @@ class Sample:
     max_classes: np.ndarray | None = None  # int64 [R]
     bbox_targets: np.ndarray | None = None  # float32 [R, 4], normalised
     bbox_target_classes: np.ndarray | None = None  # int64 [R]: class of the target row (0 = no target)
+    path: str = ""  # the image file
 
 
 @dataclass
@@ -230,6 +231,7 @@ class Batch:
     indices: list[int] | None = None  # roidb indices
     image_ids: list[str] | None = None
     flipped: list[bool] | None = None
+    paths: list[str] | None = None  # image files
 
     @property
     def num_images(self) -> int:
@@ -320,6 +322,7 @@ class RoidbDataset(Dataset):
             im_scale=im_scale,
             gt_boxes=(boxes[gt] * np.float32(im_scale)).astype(np.float32),
             gt_classes=gt_classes[gt].astype(np.int64),
+            path=str(path),
         )
         if self.with_rois:
             sample.rois = (boxes * np.float32(im_scale)).astype(np.float32)
@@ -363,6 +366,7 @@ def collate_batch(samples: Sequence[Sample]) -> Batch:
         indices=[s.index for s in samples],
         image_ids=[s.image_id for s in samples],
         flipped=[s.flipped for s in samples],
+        paths=[s.path for s in samples],
     )
 
 

@@ -145,16 +145,20 @@ class FasterRCNN(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
 
-    def forward(self, batch: Any, stage: str = "end2end",
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training losses for one :class:`~frcnn_trt.data.loader.Batch` (see module docstring)."""
+    def forward(self, batch: Any, stage: str = "end2end", generator: torch.Generator | None = None,
+                features: Tensor | None = None) -> dict[str, Tensor]:
+        """Training losses for one :class:`~frcnn_trt.data.loader.Batch` (see module docstring).
+
+        ``features``: the body's output for ``batch.images`` when the caller has it already (a frozen body's
+        cached features, :mod:`frcnn_trt.train.feature_cache`); computed here otherwise."""
         if stage not in STAGES:
             raise ModelError(f"unknown training stage {stage!r}; expected one of {', '.join(STAGES)}")
         images, im_info = batch.images, batch.im_info
         if images.dim() != 4 or images.shape[1] != 3 or im_info.shape != (images.shape[0], 3):
             raise ModelError(f"need images [N, 3, H, W] and im_info [N, 3], got {tuple(images.shape)} and "
                              f"{tuple(im_info.shape)}")
-        features = self.backbone(images)
+        if features is None:
+            features = self.backbone(images)
         losses: dict[str, Tensor] = {}
         if stage in ("end2end", "rpn"):
             score, deltas = self.rpn(features)

@@ -17,6 +17,8 @@ is mutated); the random seeds are reset to ``RNG_SEED`` at the start of every st
 each stage in a fresh process. Outputs: one folder per stage (weights, proposals, logs, resolved config)
 and ``<NET>_faster_rcnn_final.safetensors``. With ``resume`` finished stages are skipped, a stage in progress
 continues from its newest snapshot and proposals are reused when their model hash and settings match.
+The two stage-2 stages share one cache of per-image conv features (:mod:`frcnn_trt.train.feature_cache`):
+their conv is frozen and the same, so each training image's features are computed once for both.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.model.weights import load_weights
 from frcnn_trt.train import distributed
 from frcnn_trt.train.checkpoint import load_state_into, load_tensors
+from frcnn_trt.train.feature_cache import FeatureCache
 from frcnn_trt.train.loop import StageSpec, resolve_device, train_stage
 from frcnn_trt.train.rpn_generate import load_proposals, rpn_generate
 
@@ -134,6 +137,8 @@ def train_alt_opt(
     result = AltOptResult(final=out / f"{cfg.MODEL.NET}_faster_rcnn_final.safetensors", stage_checkpoints={},
                           proposals={})
     gen_dev = str(dev)
+    # stage 2 (RPN, then Fast R-CNN) keeps the stage-1 Fast R-CNN's conv frozen: one feature cache for both
+    cache = FeatureCache(int(cfg.TRAIN.FEATURE_CACHE_MB), bool(cfg.TRAIN.FEATURE_CACHE_UNPADDED))
 
     def run_stage(index: int, init: Callable[[FasterRCNN], None], proposals: Path | None) -> Path:
         name, mode, trainable = TRAIN_STAGES[index]
@@ -155,7 +160,7 @@ def train_alt_opt(
         spec = StageSpec(name=name, mode=mode, max_iters=a.ITERS[index], base_lr=a.BASE_LRS[index],
                          stepsize=a.STEPSIZES[index], trainable=trainable, label=label)
         path = train_stage(model, roidb.entries, scfg, spec, out / name, class_names=names, device=dev,
-                           resume=resume, num_workers=num_workers,
+                           resume=resume, num_workers=num_workers, feature_cache=cache,
                            extra_info={"imdb": imdb.name, "schedule": "alt_opt"})
         result.seconds[name] = time.perf_counter() - t0
         result.stage_checkpoints[name] = path
@@ -199,6 +204,7 @@ def train_alt_opt(
         model.predictor.set_normalization(torch.zeros(4 * imdb.num_classes), torch.ones(4 * imdb.num_classes))
 
     frcn2 = run_stage(3, from_rpn2, props2)
+    cache.clear()
     # 7. the final model: shared conv + stage-2 RPN head + stage-2 Fast R-CNN head (= the stage-2 FRCN model)
     if distributed.is_main_process():  # under torchrun rank 0 alone writes
         for suffix in (".safetensors", ".json"):

@@ -37,6 +37,7 @@ from frcnn_trt.train.checkpoint import (
     save_checkpoint,
     save_solver_state,
 )
+from frcnn_trt.train.feature_cache import FeatureCache, body_is_cacheable
 from frcnn_trt.train.solver import Solver
 
 logger = get_logger("train")
@@ -129,6 +130,7 @@ def train_stage(
     num_workers: int | None = None,
     extra_info: dict[str, Any] | None = None,
     on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> Path:
     """Train ``model`` on ``roidb`` for ``spec``; returns the final checkpoint ``<name>_final.safetensors``.
 
@@ -140,6 +142,10 @@ def train_stage(
     takes ``W·ITER_SIZE`` batches of the global stream (equivalent to one process with ``ITER_SIZE W·I``,
     see :mod:`frcnn_trt.train.distributed`), rank 0 alone writes files, and all ranks leave together.
     ``on_iteration(iteration, losses)`` gets the losses averaged over all ranks, on every rank.
+
+    ``feature_cache``: where the body is frozen (:func:`~frcnn_trt.train.feature_cache.body_is_cacheable`), its
+    per-image features are kept there and reused (alt-opt passes one cache to both stage-2 stages); ignored
+    when the body trains. Without one, a stage with a frozen body makes its own (``TRAIN.FEATURE_CACHE_MB``).
     """
     out = Path(output_dir)
     distributed.init_distributed(device)
@@ -157,6 +163,14 @@ def train_stage(
 
     model.to(device).train()
     named = set_trainable(model, spec.trainable)
+    body: nn.Module = model.backbone.body  # type: ignore[union-attr, assignment]
+    cache: FeatureCache | None = feature_cache
+    if cache is None:
+        cache = FeatureCache(int(cfg.TRAIN.FEATURE_CACHE_MB), bool(cfg.TRAIN.FEATURE_CACHE_UNPADDED))
+    if cache.enabled and body_is_cacheable(body):
+        cache.bind(body, cfg.PIXEL_MEANS)
+    else:
+        cache = None
     params_by_name = dict(named)
     names_by_id = {id(p): n for n, p in named}
     iter_size = max(1, int(cfg.SOLVER.ITER_SIZE))
@@ -223,7 +237,9 @@ def train_stage(
                 sync = j == iter_size - 1 or world == 1
                 with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
                     with torch.autocast(device.type, enabled=amp):
-                        losses = net(batch, stage=spec.mode, generator=generator)
+                        feats = None if cache is None else cache.features(
+                            body, batch.images, batch.im_info, batch.paths, batch.flipped)
+                        losses = net(batch, stage=spec.mode, generator=generator, features=feats)
                     total = sum(losses.values())
                     (total / iter_size).backward()
                 for k, v in losses.items():
@@ -262,6 +278,8 @@ def train_stage(
                 _snapshot(model, out, spec, meta, info_base, solver, names_by_id, generator)
 
     del net, batches
+    if cache is not None:
+        logger.info("%s: feature cache: %s", spec.name, cache.stats.summary(cache))
     if main:
         path = save_checkpoint(final, model, CheckpointInfo(iteration=spec.max_iters, **info_base))
         for old in out.glob(f"{spec.name}_iter_*{SOLVERSTATE_SUFFIX}"):

@@ -80,7 +80,7 @@ def test_seeded_runs_repeat_losses(synth_dir: Path, tmp_path: Path) -> None:
 
 def test_nan_loss_stops_naming_iteration_and_losses(synth_dir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    def nan_forward(self, batch, stage="end2end", generator=None):  # type: ignore[no-untyped-def]
+    def nan_forward(self, batch, stage="end2end", generator=None, features=None):  # type: ignore[no-untyped-def]
         w = self.predictor.cls_score.weight
         return {"loss_cls": w.sum() * float("nan"), "loss_bbox": w.sum() * 0}
 

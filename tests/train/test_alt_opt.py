@@ -50,8 +50,11 @@ def recorded(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     def spy(model, roidb, cfg, spec, *args, **kwargs):  # type: ignore[no-untyped-def]
         before = _by_group(model)
         path = real(model, roidb, cfg, spec, *args, **kwargs)
+        cache = kwargs["feature_cache"]
         seen[spec.name] = {"before": before, "after": _by_group(model), "roidb": list(roidb), "cfg": cfg,
-                           "spec": spec}
+                           "spec": spec, "cache": cache, "cached": len(cache),
+                           "lookups": cache.stats.hits + cache.stats.misses, "whole": cache.stats.uncached_batches,
+                           "hits": cache.stats.hits}
         return path
 
     mp = pytest.MonkeyPatch()
@@ -78,6 +81,20 @@ def test_stage_table(recorded: dict[str, Any]) -> None:
     # images per batch: 1 for RPN stages, 2 for Fast R-CNN stages; BG_THRESH_LO 0.0 carried through
     assert [s[n]["cfg"].TRAIN.IMS_PER_BATCH for n in s] == [1, 2, 1, 2]
     assert s["stage1_fast_rcnn"]["cfg"].TRAIN.BG_THRESH_LO == 0.0 and not s["stage1_fast_rcnn"]["cfg"].TRAIN.HAS_RPN
+
+
+def test_stage2_stages_share_one_feature_cache(recorded: dict[str, Any]) -> None:
+    """The conv is frozen in stage 2 only: both stage-2 stages use one cache of per-image features, which the
+    stage-1 stages (whose conv trains) leave alone; it is emptied once alt-opt is done."""
+    s = recorded["stages"]
+    assert len({id(s[n]["cache"]) for n in s}) == 1
+    assert s["stage1_rpn"]["cached"] == s["stage1_fast_rcnn"]["cached"] == 0
+    # stage-2 RPN: 2 iterations × 1 image, both cached; stage-2 Fast R-CNN: 2 × 2 images, where a pair of mixed
+    # sizes is computed whole (TRAIN.FEATURE_CACHE_UNPADDED off) and the others are looked up
+    assert s["stage2_rpn"]["cached"] == s["stage2_rpn"]["lookups"] == 2
+    frcn = s["stage2_fast_rcnn"]
+    assert frcn["lookups"] + 2 * frcn["whole"] == 4 and frcn["cached"] == 2 + frcn["lookups"] - frcn["hits"]
+    assert len(s["stage2_fast_rcnn"]["cache"]) == 0
 
 
 def test_where_each_stage_starts(recorded: dict[str, Any]) -> None:

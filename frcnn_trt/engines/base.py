@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 from abc import ABC, abstractmethod
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +37,7 @@ from frcnn_trt.errors import BackendError
 
 __all__ = [
     "BACKEND_NAMES",
+    "BACKEND_OPTIONS",
     "Backend",
     "BackendError",
     "backend_availability",
@@ -50,6 +52,26 @@ _MODULES = {
     "onnxruntime": "frcnn_trt.engines.onnxruntime_backend",
     "torch": "frcnn_trt.engines.torch_backend",
 }
+
+#: The options each backend's ``from_export`` takes (``Detector.from_export(backend_options=...)``); with
+#: ``backend="auto"`` each candidate gets its own from one dict. TensorRT's are :class:`BuildSettings` fields
+#: plus the engine cache's; the torch backend takes none.
+BACKEND_OPTIONS: dict[str, frozenset[str]] = {
+    "tensorrt": frozenset({"precision", "workspace_mib", "optimization_level", "plugin_impl", "timing_cache",
+                           "cache_dir", "build", "force", "verbose"}),
+    "onnxruntime": frozenset({"intra_op_threads", "graph_optimization", "io_binding"}),
+    "torch": frozenset(),
+}
+
+
+def options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``options`` backend ``name`` takes; BackendError naming any option that no backend takes."""
+    known = frozenset().union(*BACKEND_OPTIONS.values())
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise BackendError(f"unknown backend option(s) {unknown}; known: "
+                           + "; ".join(f"{b}: {', '.join(sorted(o)) or '(none)'}" for b, o in BACKEND_OPTIONS.items()))
+    return {k: v for k, v in options.items() if k in BACKEND_OPTIONS[name]}
 
 
 class Backend(ABC):

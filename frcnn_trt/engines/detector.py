@@ -36,7 +36,15 @@ from torch import Tensor
 
 from frcnn_trt.boxes import generate_anchors
 from frcnn_trt.data.blob import preprocess_images
-from frcnn_trt.engines.base import BACKEND_NAMES, Backend, backend_availability, backend_module, resolve_device
+from frcnn_trt.engines.base import (
+    BACKEND_NAMES,
+    BACKEND_OPTIONS,
+    Backend,
+    backend_availability,
+    backend_module,
+    options_for,
+    resolve_device,
+)
 from frcnn_trt.errors import BackendError, ModelError
 from frcnn_trt.export.metadata import ExportInfo, load_export
 from frcnn_trt.postprocess import batched_detections_from_scores, im_detect_postprocess
@@ -308,19 +316,28 @@ class Detector:
         """Load an export directory and run it with ``backend`` (``"auto"``, ``"tensorrt"``,
         ``"onnxruntime"``, ``"torch"``). ``auto`` logs which backend it picked and why. ``model``: the
         exported :class:`FasterRCNN` already in memory, for the torch backend (else it loads the source
-        checkpoint). ``kwargs`` go to :class:`Detector` (``conf_thresh``, ``nms``, ``max_dets``)."""
+        checkpoint). ``backend_options``: options of the backends' ``from_export`` (``BACKEND_OPTIONS``: e.g.
+        ``intra_op_threads`` for onnxruntime, ``workspace_mib`` for tensorrt); with ``auto`` each candidate gets
+        its own, a named backend must take them all. ``kwargs`` go to :class:`Detector` (``conf_thresh``,
+        ``nms``, ``max_dets``)."""
         info = load_export(directory, verify=verify)
         dev = resolve_device(device)
         options = dict(backend_options or {})
         if backend != "auto":
+            theirs = sorted(set(options) - BACKEND_OPTIONS.get(backend, frozenset(options)))
+            if theirs:
+                owners = {k: [b for b, o in BACKEND_OPTIONS.items() if k in o] for k in theirs}
+                raise BackendError(f"backend {backend} does not take option(s) "
+                                   + ", ".join(f"{k} ({'/'.join(v) or 'no backend'}'s)" for k, v in owners.items()))
             select_backend(backend, dev)  # BackendError with the reason when it cannot run here
             impl = _build_backend(backend, info, dev, model, options)
             return cls(impl, InferenceSettings.from_export(info), export=info, **kwargs)
+        options_for(BACKEND_NAMES[0], options)  # an option no backend takes: BackendError before trying any
         avail = backend_availability(dev)
         skipped = [f"{n}: {avail[n][1]}" for n in BACKEND_NAMES if not avail[n][0]]
         for name in (n for n in BACKEND_NAMES if avail[n][0]):
             try:
-                impl = _build_backend(name, info, dev, model, options if name != "torch" else {})
+                impl = _build_backend(name, info, dev, model, options_for(name, options))
             except BackendError as exc:  # available in principle, but this export/device does not load
                 log.warning("backend auto: %s cannot load %s: %s", name, info.directory, exc)
                 skipped.append(f"{name}: {exc}")

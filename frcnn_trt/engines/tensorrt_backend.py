@@ -49,9 +49,6 @@ log = logging.getLogger("frcnn_trt.engines.tensorrt")
 
 Shape = tuple[int, ...]
 
-#: options other backends take (``Detector.from_export(backend="auto", backend_options=...)`` passes the
-#: same dict to each); the TensorRT backend ignores them
-_OTHER_BACKENDS_OPTIONS = frozenset({"intra_op_threads", "graph_optimization", "io_binding"})
 _SETTINGS_OPTIONS = frozenset({"precision", "workspace_mib", "optimization_level", "plugin_impl", "timing_cache"})
 
 
@@ -213,7 +210,7 @@ class TensorRTBackend(Backend):
         """Engines of ``info`` from the cache (``<export>/engines`` unless ``cache_dir``), built when missing
         (``build=False``: BackendError instead). ``options``: :class:`~frcnn_trt.engines.trt_build.BuildSettings`
         fields (``precision``, ``workspace_mib``, ``optimization_level``, ``plugin_impl``, ``timing_cache``)."""
-        unknown = set(options) - _SETTINGS_OPTIONS - _OTHER_BACKENDS_OPTIONS
+        unknown = set(options) - _SETTINGS_OPTIONS
         if unknown:
             raise BackendError(f"unknown tensorrt backend option(s) {sorted(unknown)}; known: "
                                f"cache_dir, build, force, verbose, {', '.join(sorted(_SETTINGS_OPTIONS))}")

@@ -83,3 +83,20 @@ def test_io_binding_path_matches_plain_run(exported: tuple[Path, Path]) -> None:
         assert torch.equal(x, y)
     assert all(torch.equal(x, y) for x, y in zip(plain.run_detector(a[0], rois), bound.run_detector(b[0], rois),
                                                   strict=True))
+
+
+def test_auto_gives_each_backend_its_own_options(exported: tuple[Path, Path]) -> None:
+    from frcnn_trt.engines.detector import Detector
+
+    # one dict for every candidate: tensorrt's build settings do not reach onnxruntime (no GPU here: ORT runs)
+    det = Detector.from_export(exported[1], "auto", device="cpu",
+                               backend_options={"intra_op_threads": 1, "workspace_mib": 64, "build": False})
+    assert det.backend.name == "onnxruntime" and det.backend.intra_op_threads == 1  # type: ignore[attr-defined]
+    with pytest.raises(BackendError, match=r"unknown backend option\(s\) \['threads'\]; known: tensorrt: "):
+        Detector.from_export(exported[1], "auto", device="cpu", backend_options={"threads": 1})
+    # a named backend must take every option it is given
+    with pytest.raises(BackendError, match=r"backend onnxruntime does not take option\(s\) workspace_mib "
+                                           r"\(tensorrt's\)"):
+        Detector.from_export(exported[1], "onnxruntime", device="cpu", backend_options={"workspace_mib": 64})
+    with pytest.raises(BackendError, match=r"backend torch does not take option\(s\) intra_op_threads"):
+        Detector.from_export(exported[1], "torch", device="cpu", backend_options={"intra_op_threads": 1})

@@ -61,8 +61,10 @@ def test_from_export_refuses_cpu_and_unknown_options(export_dir: Path) -> None:
     info = load_export(export_dir, verify=False)
     with pytest.raises(BackendError, match="unknown tensorrt backend option"):
         TensorRTBackend.from_export(info, "cpu", fp64=True)
+    with pytest.raises(BackendError, match=r"unknown tensorrt backend option\(s\) \['intra_op_threads'\]"):
+        TensorRTBackend.from_export(info, "cpu", intra_op_threads=1)  # onnxruntime's (Detector routes them)
     with pytest.raises(BackendError, match="runs on a CUDA GPU"):
-        TensorRTBackend.from_export(info, "cpu", intra_op_threads=1)  # another backend's option is ignored
+        TensorRTBackend.from_export(info, "cpu", workspace_mib=64)
 
 
 @pytest.mark.gpu

@@ -64,13 +64,17 @@ BACKEND_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The part of ``options`` backend ``name`` takes; BackendError naming any option that no backend takes."""
-    known = frozenset().union(*BACKEND_OPTIONS.values())
-    unknown = sorted(set(options) - known)
+def check_backend_options(options: dict[str, Any]) -> None:
+    """BackendError naming any option that no backend takes."""
+    unknown = sorted(set(options) - frozenset().union(*BACKEND_OPTIONS.values()))
     if unknown:
         raise BackendError(f"unknown backend option(s) {unknown}; known: "
                            + "; ".join(f"{b}: {', '.join(sorted(o)) or '(none)'}" for b, o in BACKEND_OPTIONS.items()))
+
+
+def options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``options`` backend ``name`` takes (after :func:`check_backend_options`)."""
+    check_backend_options(options)
     return {k: v for k, v in options.items() if k in BACKEND_OPTIONS[name]}
 
 

@@ -42,6 +42,7 @@ from frcnn_trt.engines.base import (
     Backend,
     backend_availability,
     backend_module,
+    check_backend_options,
     options_for,
     resolve_device,
 )
@@ -332,7 +333,7 @@ class Detector:
             select_backend(backend, dev)  # BackendError with the reason when it cannot run here
             impl = _build_backend(backend, info, dev, model, options)
             return cls(impl, InferenceSettings.from_export(info), export=info, **kwargs)
-        options_for(BACKEND_NAMES[0], options)  # an option no backend takes: BackendError before trying any
+        check_backend_options(options)  # before trying any backend
         avail = backend_availability(dev)
         skipped = [f"{n}: {avail[n][1]}" for n in BACKEND_NAMES if not avail[n][0]]
         for name in (n for n in BACKEND_NAMES if avail[n][0]):

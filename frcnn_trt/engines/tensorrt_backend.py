@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from frcnn_trt.engines.base import Backend, resolve_device
+from frcnn_trt.engines.base import BACKEND_OPTIONS, Backend, resolve_device
 from frcnn_trt.engines.trt_build import (
     BuildSettings,
     EngineResult,
@@ -49,7 +49,8 @@ log = logging.getLogger("frcnn_trt.engines.tensorrt")
 
 Shape = tuple[int, ...]
 
-_SETTINGS_OPTIONS = frozenset({"precision", "workspace_mib", "optimization_level", "plugin_impl", "timing_cache"})
+#: the BuildSettings fields among the tensorrt backend's options (the rest are from_export's own arguments)
+_SETTINGS_OPTIONS = BACKEND_OPTIONS["tensorrt"] - {"cache_dir", "build", "force", "verbose"}
 
 
 def availability(device: torch.device) -> tuple[bool, str]:

@@ -171,7 +171,7 @@ def run_benchmark(
                 ckpt = Path(model).with_suffix(".safetensors")  # type: ignore[arg-type]
                 con.print(f"[bold]benchmark[/] {ckpt}: exporting to {tmp_dir}")
             from frcnn_trt.config import from_dict
-            from frcnn_trt.train.checkpoint import load_checkpoint
+            from frcnn_trt.model.checkpoint import load_checkpoint
 
             in_memory, info = load_checkpoint(ckpt, device="cpu")
             t0 = time.perf_counter()
@@ -208,7 +208,7 @@ def run_benchmark(
 
 
 def _environment(threads: int) -> dict[str, Any]:
-    from frcnn_trt.export.metadata import versions
+    from frcnn_trt.engines.export_format import versions
 
     env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
                            "processor": platform.processor() or None, "torch_threads": threads,

@@ -90,7 +90,7 @@ def main() -> None:
 def _out() -> Any:
     from rich.console import Console
 
-    from frcnn_trt.train.distributed import is_main_process
+    from frcnn_trt.distributed import is_main_process
 
     return console() if is_main_process() else Console(quiet=True)  # under torchrun only rank 0 prints
 
@@ -253,13 +253,13 @@ def train_pretrain_cmd(
     data_root: DataRoot = Path("data"),
 ) -> None:
     from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.distributed import setup_device
     from frcnn_trt.model.backbones import canonical_network_name
-    from frcnn_trt.train.loop import resolve_device
     from frcnn_trt.train.pretrain import PretrainSettings, pretrain_backbone
 
     settings = PretrainSettings(net=canonical_network_name(net), iters=iters, crops_per_batch=crops,
                                 crop=crop_size, base_lr=lr, seed=seed)
-    path = pretrain_backbone(get_imdb(imdb, data_root), output, settings, device=resolve_device(device),
+    path = pretrain_backbone(get_imdb(imdb, data_root), output, settings, device=setup_device(device),
                              num_workers=workers, force=force)
     _out().print(f"[green]pretrained weights[/] {path}")
     _out().print(f"next: frcnn-trt train alt-opt --net {settings.net} --imdb {imdb} --weights {path}")
@@ -282,12 +282,12 @@ def test_cmd(
 ) -> None:
     from frcnn_trt import config as C
     from frcnn_trt.data.factory import get_imdb
+    from frcnn_trt.distributed import setup_device
     from frcnn_trt.evaluation import format_ap_table
     from frcnn_trt.inference import test_net
-    from frcnn_trt.train.checkpoint import load_checkpoint
-    from frcnn_trt.train.loop import resolve_device
+    from frcnn_trt.model.checkpoint import load_checkpoint
 
-    net, info = load_checkpoint(model, resolve_device(device))
+    net, info = load_checkpoint(model, setup_device(device))
     cfg = C.from_list(_set_pairs(ctx), net.cfg)
     net.configure(cfg)
     db = get_imdb(imdb, data_root)

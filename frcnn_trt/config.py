@@ -109,6 +109,9 @@ class ModelConfig:
     ANCHOR_SCALES: tuple[float, ...] = (8.0, 16.0, 32.0)
     ANCHOR_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
     FEAT_STRIDE: int = 16
+    #: frcnn-trt: the RoI feature op of the Fast R-CNN head: ``RoIPool`` (py-faster-rcnn's Caffe max pooling,
+    #: the default) or ``RoIAlign`` (torchvision's bilinear op, exported as the standard ONNX ``RoiAlign``)
+    ROI_OP: str = "RoIPool"
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,11 @@ def run_demo(workdir: str | Path = "runs/demo", *, backend: str = "auto", num_im
     from frcnn_trt.data.factory import get_imdb
     from frcnn_trt.data.synthetic import make_synthetic_dataset
     from frcnn_trt.detect import run_detect
+    from frcnn_trt.distributed import setup_device
     from frcnn_trt.evaluation import evaluate_voc, format_ap_table, load_detections
     from frcnn_trt.export.onnx_export import run_export
     from frcnn_trt.log import console as make_console
     from frcnn_trt.train.alt_opt import summary_table, train_alt_opt, with_iters
-    from frcnn_trt.train.loop import resolve_device
     from frcnn_trt.train.pretrain import PretrainSettings, pretrain_backbone
 
     con = console or make_console()
@@ -75,7 +75,7 @@ def run_demo(workdir: str | Path = "runs/demo", *, backend: str = "auto", num_im
     settings = PretrainSettings(net=cfg.MODEL.NET, iters=pretrain_iters, crops_per_batch=PRETRAIN_CROPS,
                                 seed=cfg.RNG_SEED, pixel_means=cfg.PIXEL_MEANS)
     weights = pretrain_backbone(train, work / "pretrain" / "tiny_crops.safetensors", settings,
-                                device=resolve_device(cfg.DEVICE), num_workers=1)
+                                device=setup_device(cfg.DEVICE), num_workers=1)
     times["pretrain"] = time.perf_counter() - t0
     con.print(f"[bold]3/6 train alt-opt[/] net tiny, iterations {list(cfg.ALT_OPT.ITERS)}, rpn_generate on "
               f"backend {backend}")

@@ -8,7 +8,7 @@ Images are read, detected and written one batch at a time (a generator; nothing 
 that cannot be read (missing, truncated, not an image) is reported, skipped and listed in the summary. The
 speed summary splits ms/image into the detector's phases, warm-up batches excluded, GPU-synchronised.
 
-Under ``torchrun`` (several processes, :mod:`frcnn_trt.train.distributed`) the images are sharded: rank
+Under ``torchrun`` (several processes, :mod:`frcnn_trt.distributed`) the images are sharded: rank
 ``r`` takes every ``W``-th chunk of ``batch_size`` consecutive paths from chunk ``r``, detects them and writes
 their annotated images (file names are the image ids, unique over all paths); the per-image results are
 gathered (npz / JSON over the process group, no pickle) and rank 0 alone writes ``predictions.json`` (same
@@ -289,16 +289,14 @@ def run_detect(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from frcnn_trt import distributed
     from frcnn_trt.evaluation.detections import PredictionsWriter, read_predictions, write_coco_results
     from frcnn_trt.log import console as make_console
-    from frcnn_trt.train import distributed
 
     con = console if console is not None else make_console()
     paths = iter_image_paths(source)
     if distributed.env_world_size() > 1:  # under torchrun: this rank's device, and the process group
-        from frcnn_trt.train.loop import resolve_device
-
-        device = str(resolve_device(device or "auto"))
+        device = str(distributed.setup_device(device or "auto"))
     world, rank = distributed.get_world_size(), distributed.get_rank()
     main = rank == 0
 
@@ -428,7 +426,7 @@ class _Found:
 
 def _gather_found(found: list[_Found], batch_size: int) -> list[_Found]:
     """Every rank's per-image results, in the original path order (every rank gets all of them)."""
-    from frcnn_trt.train import distributed
+    from frcnn_trt import distributed
 
     parts = distributed.all_gather_arrays({
         "counts": np.array([len(f.labels) for f in found], np.int64),

@@ -42,3 +42,7 @@ class ExportError(FrcnnError):
 
 class BackendError(FrcnnError):
     """An inference backend cannot run here, or a model/engine cannot be loaded by it."""
+
+
+class DeviceError(BackendError, TrainingError):
+    """A device was asked for that this machine does not have (or an invalid device name)."""

@@ -91,7 +91,7 @@ def test_net(model: Any, imdb: Any, cfg: Any, output_dir: str | Path, *, batch_s
     batches are those of one process); the detections are gathered on every rank, and rank 0 writes the
     files a single process would write and evaluates (``result`` is None on the other ranks).
     """
-    from frcnn_trt.train import distributed
+    from frcnn_trt import distributed
 
     out = Path(output_dir)
     model.eval()
@@ -135,7 +135,7 @@ def test_net(model: Any, imdb: Any, cfg: Any, output_dir: str | Path, *, batch_s
 def _gather_detections(found: list[tuple[np.ndarray, tuple[int, int]]],
                        batch_size: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
     """Every rank's ``(dets [D, 6], (H, W))`` per image, in the original image order."""
-    from frcnn_trt.train import distributed
+    from frcnn_trt import distributed
 
     if distributed.get_world_size() == 1:
         return found

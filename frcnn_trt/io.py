@@ -1,7 +1,10 @@
 """Small file helpers: atomic writes and content hashes.
 
 Every file a long job writes (checkpoints, proposals, caches, reports) goes through a temporary file in
-the same folder and :func:`os.replace`, so an interruption never leaves a half-written file behind.
+the same folder and :func:`os.replace`, so an interruption never leaves a half-written file behind. The file
+gets the permissions an ordinary ``open(path, "w")`` would give it (``0666`` less the process umask: ``0644``
+under umask 022), not the ``0600`` of a bare :func:`tempfile.mkstemp`: an export written by one user can be
+served by another.
 """
 
 from __future__ import annotations
@@ -11,9 +14,24 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            line = next(ln for ln in fh if ln.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    with _UMASK_LOCK:  # elsewhere: set and restore (os has no read-only call)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -23,6 +41,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from frcnn_trt import config as C
+from tests.helpers import tiny_cfg
 
 
 @pytest.fixture(scope="session")
@@ -19,21 +20,6 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "shapes"
     make_synthetic_dataset(out, num_images=16, image_size=(160, 120), seed=1)
     return out
-
-
-def tiny_cfg(**sections: object) -> C.Config:
-    """The tiny CPU net at a small scale, end2end settings; ``sections`` override on top."""
-    cfg = C.load(C.builtin("faster_rcnn_end2end"))
-    cfg = C.override(
-        cfg,
-        MODEL={"NET": "tiny", "ANCHOR_SCALES": [2, 4, 8]},
-        TRAIN={"SCALES": [112], "MAX_SIZE": 160, "RPN_MIN_SIZE": 4, "SNAPSHOT_ITERS": 0, "NUM_WORKERS": 0,
-               "RPN_PRE_NMS_TOP_N": 600, "RPN_POST_NMS_TOP_N": 100, "BATCH_SIZE": 32, "RPN_BATCHSIZE": 64},
-        TEST={"SCALES": [112], "MAX_SIZE": 160, "RPN_MIN_SIZE": 4, "RPN_PRE_NMS_TOP_N": 300, "RPN_POST_NMS_TOP_N": 50},
-        SOLVER={"BASE_LR": 0.005, "STEPSIZE": 1000, "MAX_ITERS": 4, "DISPLAY": 2},
-        DEVICE="cpu",
-    )
-    return C.override(cfg, **sections) if sections else cfg
 
 
 @pytest.fixture
@@ -53,6 +39,6 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random-init checkpoint and its export, shared across modules (built once per session)."""
-    from frcnn_trt.export.testing import tiny_export
+    from tests.helpers import tiny_export
 
     return tiny_export(tmp_path_factory.getbasetemp() / "frcnn_tiny")

@@ -17,7 +17,7 @@ from PIL import Image
 from frcnn_trt.detect import run_detect
 from frcnn_trt.export.onnx_export import random_checkpoint
 from frcnn_trt.export.parity import synthetic_images
-from frcnn_trt.export.testing import TINY_CLASSES, tiny_config
+from tests.helpers import TINY_CLASSES, tiny_config
 from tests.train.test_distributed import WORLD, launch
 
 BATCH = 2

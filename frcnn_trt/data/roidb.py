@@ -444,7 +444,7 @@ def _writes_cache() -> bool:
     """Whether this process writes the cache: always, except ranks other than 0 under torchrun."""
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return True
-    from frcnn_trt.train.distributed import is_main_process  # lazily: torch only under torchrun
+    from frcnn_trt.distributed import is_main_process  # lazily: torch only under torchrun
 
     return is_main_process()
 

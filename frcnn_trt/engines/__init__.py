@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from frcnn_trt.engines.base import BACKEND_NAMES, Backend, backend_availability, resolve_device
+from frcnn_trt.distributed import resolve_device
+from frcnn_trt.engines.base import BACKEND_NAMES, Backend, backend_availability
 from frcnn_trt.engines.detector import (
     Detector,
     DetectorRun,

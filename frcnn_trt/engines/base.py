@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from frcnn_trt.distributed import resolve_device
 from frcnn_trt.errors import BackendError
 
 __all__ = [
@@ -106,19 +107,6 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` / ``"auto"`` → CUDA when torch sees a GPU, else CPU; a CUDA device without one is an error."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise BackendError(f"invalid device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendError(f"device {device!r} requested but torch sees no CUDA GPU here")
-    return dev
 
 
 def backend_module(name: str) -> ModuleType | None:

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from frcnn_trt.boxes import generate_anchors
 from frcnn_trt.data.blob import preprocess_images
+from frcnn_trt.distributed import resolve_device
 from frcnn_trt.engines.base import (
     BACKEND_NAMES,
     BACKEND_OPTIONS,
@@ -44,10 +45,9 @@ from frcnn_trt.engines.base import (
     backend_module,
     check_backend_options,
     options_for,
-    resolve_device,
 )
+from frcnn_trt.engines.export_format import ExportInfo, load_export
 from frcnn_trt.errors import BackendError, ModelError
-from frcnn_trt.export.metadata import ExportInfo, load_export
 from frcnn_trt.postprocess import batched_detections_from_scores, im_detect_postprocess
 from frcnn_trt.proposals import ProposalLayer
 
@@ -360,7 +360,7 @@ class Detector:
         """Run a checkpoint eagerly. Other backends need an export first (``frcnn-trt export``)."""
         from frcnn_trt.config import from_dict
         from frcnn_trt.engines.torch_backend import TorchBackend
-        from frcnn_trt.train.checkpoint import load_checkpoint
+        from frcnn_trt.model.checkpoint import load_checkpoint
 
         if backend not in ("torch", "auto"):
             raise BackendError(f"backend {backend!r} runs an export directory, not a checkpoint: run "

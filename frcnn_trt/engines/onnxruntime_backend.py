@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from frcnn_trt.engines.base import Backend, resolve_device
+from frcnn_trt.distributed import resolve_device
+from frcnn_trt.engines.base import Backend
+from frcnn_trt.engines.export_format import ExportInfo
 from frcnn_trt.errors import BackendError, ExportError
-from frcnn_trt.export.metadata import ExportInfo
 
 __all__ = ["OnnxRuntimeBackend", "availability"]
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from frcnn_trt.engines.base import BACKEND_OPTIONS, Backend, resolve_device
+from frcnn_trt.distributed import resolve_device
+from frcnn_trt.engines.base import BACKEND_OPTIONS, Backend
 from frcnn_trt.engines.trt_build import (
     BuildSettings,
     EngineResult,
@@ -39,7 +40,7 @@ from frcnn_trt.errors import BackendError
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from frcnn_trt.export.metadata import ExportInfo
+    from frcnn_trt.engines.export_format import ExportInfo
 else:
     from frcnn_trt.engines.trt_build import trt
 

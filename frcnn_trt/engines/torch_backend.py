@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from frcnn_trt.engines.base import Backend, resolve_device
+from frcnn_trt.distributed import resolve_device
+from frcnn_trt.engines.base import Backend
+from frcnn_trt.engines.export_format import ExportInfo
 from frcnn_trt.errors import BackendError, CheckpointError
-from frcnn_trt.export.metadata import ExportInfo
 from frcnn_trt.io import sha256_file
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 
@@ -37,7 +38,7 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> TorchBackend:
-        from frcnn_trt.train.checkpoint import load_checkpoint
+        from frcnn_trt.model.checkpoint import load_checkpoint
 
         dev = resolve_device(device)
         model, _ = load_checkpoint(path, device=dev)

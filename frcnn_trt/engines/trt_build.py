@@ -57,7 +57,7 @@ from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sh
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from frcnn_trt.export.metadata import ExportInfo
+    from frcnn_trt.engines.export_format import ExportInfo
 
 __all__ = [
     "ENGINE_NAMES",
@@ -830,7 +830,7 @@ def build_export_engines(
     """For ``frcnn-trt export``: build the TensorRT engines when TensorRT and a GPU are here; otherwise (and
     on a failed build) return, per engine, exactly what was not built and why. Never pretends and never
     raises for an unavailable TensorRT (a bad export directory still raises ExportError)."""
-    from frcnn_trt.export.metadata import load_export
+    from frcnn_trt.engines.export_format import load_export
 
     info = load_export(export_dir, verify=False)
     report = EngineBuildReport()

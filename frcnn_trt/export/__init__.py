@@ -9,9 +9,9 @@ __all__ = ["ExportResult", "export_model", "find_default_checkpoint", "load_expo
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: frcnn_trt.engines imports frcnn_trt.export.metadata, and the exporter imports the engines.
+    # Lazy: frcnn_trt.engines imports frcnn_trt.engines.export_format, and the exporter imports the engines.
     if name == "load_export":
-        from frcnn_trt.export.metadata import load_export
+        from frcnn_trt.engines.export_format import load_export
 
         return load_export
     if name in __all__:

@@ -33,8 +33,7 @@ from typing import Any
 
 import torch
 
-from frcnn_trt.errors import ExportError
-from frcnn_trt.export.metadata import (
+from frcnn_trt.engines.export_format import (
     DETECTOR_FILE,
     EXPORT_FILE,
     FORMAT,
@@ -43,6 +42,7 @@ from frcnn_trt.export.metadata import (
     load_export,
     versions,
 )
+from frcnn_trt.errors import ExportError
 from frcnn_trt.export.wrappers import DetectorPart, RPNPart, prepare_for_export
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -108,8 +108,8 @@ def random_checkpoint(path: str | Path, net: str = "VGG16", num_classes: int = 2
     features blow most boxes up to the whole image, and NMS then keeps only a few dozen.
     """
     from frcnn_trt import config
+    from frcnn_trt.model.checkpoint import CheckpointInfo, save_checkpoint
     from frcnn_trt.model.faster_rcnn import FasterRCNN
-    from frcnn_trt.train.checkpoint import CheckpointInfo, save_checkpoint
 
     cfg = cfg if cfg is not None else config.override(config.Config(), MODEL={"NET": net})
     torch.manual_seed(seed)
@@ -406,7 +406,7 @@ def run_export(
     from frcnn_trt.data.images import read_image
     from frcnn_trt.export.parity import synthetic_images
     from frcnn_trt.log import console as make_console
-    from frcnn_trt.train.checkpoint import load_checkpoint
+    from frcnn_trt.model.checkpoint import load_checkpoint
 
     con = console if console is not None else make_console()
     ckpt = Path(model_path) if model_path is not None else find_default_checkpoint(search_dir)

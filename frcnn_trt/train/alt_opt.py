@@ -33,15 +33,15 @@ from typing import Any
 import torch
 
 from frcnn_trt import config as C
+from frcnn_trt import distributed
 from frcnn_trt.data.roidb import build_training_roidb_from_config
 from frcnn_trt.errors import ConfigError
 from frcnn_trt.log import get_logger
+from frcnn_trt.model.checkpoint import load_state_into, load_tensors
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.model.weights import load_weights
-from frcnn_trt.train import distributed
-from frcnn_trt.train.checkpoint import load_state_into, load_tensors
 from frcnn_trt.train.feature_cache import FeatureCache
-from frcnn_trt.train.loop import StageSpec, resolve_device, train_stage
+from frcnn_trt.train.loop import StageSpec, train_stage
 from frcnn_trt.train.rpn_generate import load_proposals, rpn_generate
 
 logger = get_logger("alt_opt")
@@ -130,7 +130,7 @@ def train_alt_opt(
     """Run the whole schedule on ``imdb``; returns the final model and every stage's outputs."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device or cfg.DEVICE)
+    dev = distributed.setup_device(device or cfg.DEVICE)
     C.write_resolved(cfg, out)
     a = cfg.ALT_OPT
     names = list(imdb.classes)

@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from frcnn_trt import config as C
+from frcnn_trt import distributed
 from frcnn_trt.data.roidb import build_training_roidb_from_config
 from frcnn_trt.log import get_logger
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.model.weights import load_weights
-from frcnn_trt.train.loop import StageSpec, resolve_device, train_stage
+from frcnn_trt.train.loop import StageSpec, train_stage
 
 logger = get_logger("train")
 
@@ -52,7 +53,7 @@ def train_end2end(cfg: C.Config, imdb: Any, output_dir: str | Path, *, weights: 
                   resume: bool = False, device: str | None = None, num_workers: int | None = None) -> Path:
     """Train end2end on ``imdb``; returns the final checkpoint (``end2end_final.safetensors``)."""
     out = Path(output_dir)
-    dev = resolve_device(device or cfg.DEVICE)
+    dev = distributed.setup_device(device or cfg.DEVICE)
     cfg = C.override(cfg, TRAIN={"HAS_RPN": True})
     roidb = build_training_roidb_from_config(imdb, cfg, cache_dir=out / "cache")
     logger.info("%d roidb entries (%d filtered out)", len(roidb.entries), len(roidb.removed))

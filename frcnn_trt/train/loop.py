@@ -7,7 +7,7 @@ state in the output folder. A NaN/inf loss stops the run naming the stage, the i
 
 Under torchrun the same call runs in every process with DistributedDataParallel: one iteration takes
 ``processes × ITER_SIZE`` batches of the one global batch stream, and equals the single-process run with
-``ITER_SIZE = processes × ITER_SIZE`` (:mod:`frcnn_trt.train.distributed` explains why). Every batch's random
+``ITER_SIZE = processes × ITER_SIZE`` (:mod:`frcnn_trt.distributed` explains why). Every batch's random
 draws (anchor / RoI sampling, dropout) are seeded from ``(RNG_SEED, global batch number)``, so they do not
 depend on the number of processes, and a run resumes exactly from a snapshot taken with another count.
 """
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from frcnn_trt import config as C
+from frcnn_trt import distributed
 from frcnn_trt.data.loader import make_train_loader_from_config
 from frcnn_trt.errors import TrainingError
 from frcnn_trt.log import IterationProgress, get_logger
-from frcnn_trt.train import distributed
-from frcnn_trt.train.checkpoint import (
+from frcnn_trt.model.checkpoint import (
     CheckpointInfo,
     load_solver_state,
     save_checkpoint,
@@ -56,23 +56,6 @@ class StageSpec:
     stepsize: int
     trainable: Sequence[str]  # parameter groups of FasterRCNN.parameter_groups()
     label: str = ""  # shown in progress lines, e.g. "Stage 3/6 · stage 1 Fast R-CNN"
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:1`` → a device.
-
-    Under torchrun with several processes, ``auto`` / ``cuda`` mean this process's GPU ``cuda:LOCAL_RANK``
-    and the process group is started here (NCCL on GPUs, gloo on CPU; :mod:`frcnn_trt.train.distributed`).
-    """
-    if spec in ("", "auto"):
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(spec)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError(f"device {spec!r} requested but CUDA is not available (torch {torch.__version__})")
-    dev = distributed.device_for_rank(dev)
-    distributed.init_distributed(dev)
-    return dev
 
 
 def set_trainable(model: nn.Module, groups: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
@@ -140,7 +123,7 @@ def train_stage(
 
     Under torchrun every process calls this; the model trains in DistributedDataParallel, one iteration
     takes ``W·ITER_SIZE`` batches of the global stream (equivalent to one process with ``ITER_SIZE W·I``,
-    see :mod:`frcnn_trt.train.distributed`), rank 0 alone writes files, and all ranks leave together.
+    see :mod:`frcnn_trt.distributed`), rank 0 alone writes files, and all ranks leave together.
     ``on_iteration(iteration, losses)`` gets the losses averaged over all ranks, on every rank.
 
     ``feature_cache``: where the body is frozen (:func:`~frcnn_trt.train.feature_cache.body_is_cacheable`), its

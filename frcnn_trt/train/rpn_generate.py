@@ -12,7 +12,7 @@ Proposals file (``NAME.npz`` + ``NAME.json``, both written atomically): ``boxes 
 ids, the settings, the backend that ran and the SHA-256 of the model that produced them. A resumed alt-opt
 run reuses a proposals file only when its model hash and settings match.
 
-Under torchrun the images are sharded over the processes (:func:`frcnn_trt.train.distributed.shard`) and
+Under torchrun the images are sharded over the processes (:func:`frcnn_trt.distributed.shard`) and
 gathered back in order, so the file holds the same arrays as a single-process run's (only the timing
 ``stats`` differ).
 """
@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_trt import distributed
 from frcnn_trt.data.images import read_image
 from frcnn_trt.errors import DatasetError, FrcnnError
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from frcnn_trt.log import get_logger
-from frcnn_trt.train import distributed
 
 logger = get_logger("rpn_generate")
 
@@ -157,9 +157,7 @@ def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Pa
         logger.info("reusing %s (same model and settings)", out_path)
         return out_path, load_proposals(out_path).meta.get("stats", {})
     if distributed.env_world_size() > 1:  # under torchrun: this rank's device, and the process group
-        from frcnn_trt.train.loop import resolve_device
-
-        device = str(resolve_device(device or "auto"))
+        device = str(distributed.setup_device(device or "auto"))
     world, rank = distributed.get_world_size(), distributed.get_rank()
 
     t0 = time.perf_counter()

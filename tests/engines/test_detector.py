@@ -11,9 +11,9 @@ import torch
 from frcnn_trt.engines import BackendError, Detector, select_backend
 from frcnn_trt.engines.base import backend_availability
 from frcnn_trt.export.parity import compare_detections, synthetic_images
-from frcnn_trt.export.testing import tiny_config
+from frcnn_trt.model.checkpoint import load_checkpoint
 from frcnn_trt.postprocess import detections_from_scores
-from frcnn_trt.train.checkpoint import load_checkpoint
+from tests.helpers import tiny_config
 
 SIZES = ((180, 240), (150, 260), (240, 170))
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from frcnn_trt.engines.base import backend_availability
+from frcnn_trt.engines.export_format import load_export
 from frcnn_trt.engines.tensorrt_backend import TensorRTBackend, availability, check_profile
 from frcnn_trt.engines.trt_build import probe_tensorrt
 from frcnn_trt.errors import BackendError
-from frcnn_trt.export.metadata import load_export
-from frcnn_trt.export.testing import tiny_export
+from tests.helpers import tiny_export
 
 HAS_TRT = probe_tensorrt("tensorrt")[0] is not None
 requires_gpu_trt = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRT),

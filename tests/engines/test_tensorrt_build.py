@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from frcnn_trt.engines import trt_build as tb
+from frcnn_trt.engines.export_format import load_export
 from frcnn_trt.errors import BackendError, ExportError
-from frcnn_trt.export.metadata import load_export
-from frcnn_trt.export.testing import tiny_export
+from tests.helpers import tiny_export
 
 
 def _rtx() -> Any:
@@ -122,8 +122,8 @@ def test_cache_key_covers_what_invalidates_a_plan(export_dir: Path) -> None:
 
 def test_same_graph_for_refit(tmp_path: Path, export_dir: Path) -> None:
     from frcnn_trt.export.onnx_export import export_model, random_checkpoint
-    from frcnn_trt.export.testing import tiny_config
-    from frcnn_trt.train.checkpoint import load_checkpoint
+    from frcnn_trt.model.checkpoint import load_checkpoint
+    from tests.helpers import tiny_config
 
     # another seed: same graph, other weights (what alt-opt's stage-2 RPN is to stage 1). rpn_spread as in
     # tiny_export: with all-zero biases the exporter drops them, and the graph differs (same_graph says so)

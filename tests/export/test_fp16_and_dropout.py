@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from frcnn_trt.export.testing import tiny_config, tiny_export
 from frcnn_trt.export.wrappers import DetectorPart, prepare_for_export
 from frcnn_trt.model.backbones import Backbone, CaffeDropout, NetworkSpec, build_tiny
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.ops.roi_pool import onnx_translation_table, to_onnxruntime
+from tests.helpers import tiny_config, tiny_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

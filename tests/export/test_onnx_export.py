@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from frcnn_trt.boxes import generate_anchors
+from frcnn_trt.engines.export_format import load_export
 from frcnn_trt.errors import ExportError
-from frcnn_trt.export.metadata import load_export
 from frcnn_trt.export.onnx_export import export_model, find_default_checkpoint
-from frcnn_trt.export.testing import tiny_config
 from frcnn_trt.io import sha256_file
+from frcnn_trt.model.checkpoint import load_checkpoint
 from frcnn_trt.ops.roi_pool import register_onnx_schema, to_onnxruntime
-from frcnn_trt.train.checkpoint import load_checkpoint
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

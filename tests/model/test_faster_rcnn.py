@@ -7,7 +7,7 @@ from frcnn_trt.data.loader import Batch
 from frcnn_trt.errors import ModelError
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.model.rpn import rpn_cls_prob
-from tests.conftest import tiny_cfg
+from tests.helpers import tiny_cfg
 
 
 def _batch() -> Batch:

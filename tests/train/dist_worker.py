@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from frcnn_trt import config as C
+from frcnn_trt import distributed
 from frcnn_trt.data.factory import get_imdb
-from frcnn_trt.train import alt_opt, distributed, end2end
-from frcnn_trt.train.checkpoint import load_checkpoint
+from frcnn_trt.model.checkpoint import load_checkpoint
+from frcnn_trt.train import alt_opt, end2end
 from frcnn_trt.train.solver import Solver
 
 

@@ -12,11 +12,11 @@ import torch
 from frcnn_trt import config as C
 from frcnn_trt.data.factory import get_imdb
 from frcnn_trt.errors import ConfigError
+from frcnn_trt.model.checkpoint import load_tensors
 from frcnn_trt.train import alt_opt
-from frcnn_trt.train.checkpoint import load_tensors
 from frcnn_trt.train.rpn_generate import load_proposals
 from frcnn_trt.train.solver import Solver
-from tests.conftest import tiny_cfg
+from tests.helpers import tiny_cfg
 
 GROUPS = ("conv", "rpn", "fc", "predictor")
 

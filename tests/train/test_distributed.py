@@ -1,6 +1,6 @@
 """Several processes (gloo on CPU, started as torchrun starts them) against the equivalent single process.
 
-The rule under test (frcnn_trt.train.distributed): W processes with ITER_SIZE I equal one process with
+The rule under test (frcnn_trt.distributed): W processes with ITER_SIZE I equal one process with
 ITER_SIZE W·I -- same losses, same weights (up to floating-point summation order); sharded rpn_generate and
 test_net write the files one process writes; a run resumes from a snapshot taken with another world size.
 """
@@ -20,13 +20,14 @@ import pytest
 import torch
 
 from frcnn_trt import config as C
+from frcnn_trt import distributed
 from frcnn_trt.data.factory import get_imdb
 from frcnn_trt.inference import test_net as run_test_net
-from frcnn_trt.train import alt_opt, distributed, end2end
-from frcnn_trt.train.checkpoint import load_checkpoint, load_tensors, read_info
+from frcnn_trt.model.checkpoint import load_checkpoint, load_tensors, read_info
+from frcnn_trt.train import alt_opt, end2end
 from frcnn_trt.train.rpn_generate import load_proposals, rpn_generate
 from frcnn_trt.train.solver import Solver
-from tests.conftest import tiny_cfg
+from tests.helpers import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2

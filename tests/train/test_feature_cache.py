@@ -14,12 +14,12 @@ from frcnn_trt.data.factory import get_imdb
 from frcnn_trt.data.roidb import build_training_roidb_from_config
 from frcnn_trt.errors import ConfigError
 from frcnn_trt.model.backbones import build_network
+from frcnn_trt.model.checkpoint import load_tensors
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.train import alt_opt
-from frcnn_trt.train.checkpoint import load_tensors
 from frcnn_trt.train.feature_cache import FeatureCache, body_is_cacheable
 from frcnn_trt.train.loop import StageSpec, train_stage
-from tests.conftest import tiny_cfg
+from tests.helpers import tiny_cfg
 
 
 @pytest.fixture

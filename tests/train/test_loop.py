@@ -8,12 +8,12 @@ import torch
 from frcnn_trt import config as C
 from frcnn_trt.data.factory import get_imdb
 from frcnn_trt.errors import CheckpointError, TrainingError
+from frcnn_trt.model.checkpoint import load_checkpoint, load_tensors, read_info
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.train import loop
-from frcnn_trt.train.checkpoint import load_checkpoint, load_tensors, read_info
 from frcnn_trt.train.end2end import train_end2end
 from frcnn_trt.train.solver import Solver
-from tests.conftest import tiny_cfg
+from tests.helpers import tiny_cfg
 
 
 def _cfg(iters: int = 6, snapshot: int = 3) -> C.Config:

@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from frcnn_trt.errors import TrainingError
+from frcnn_trt.errors import DeviceError, TrainingError
 from frcnn_trt.log import LOGGER_NAME, get_logger
 
 __all__ = [
@@ -76,6 +76,8 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main_process",
+    "resolve_device",
+    "setup_device",
     "shard",
     "shard_indices",
     "shard_loader",
@@ -149,6 +151,35 @@ def device_for_rank(device: torch.device) -> torch.device:
         raise TrainingError(f"LOCAL_RANK {local} but only {count} CUDA device(s) are visible: start at most "
                             f"{count} processes per machine (torchrun --nproc-per-node {count})")
     return torch.device("cuda", local)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``None`` / ``""`` / ``"auto"`` → CUDA when torch sees a GPU, else CPU; ``cpu``, ``cuda``, ``cuda:1`` as given.
+
+    Under torchrun with several processes a CUDA device without an index is this process's ``cuda:LOCAL_RANK``.
+    No side effects: joining the process group is :func:`setup_device` / :func:`init_distributed`.
+    A CUDA device where torch sees none, or a name torch does not know, is a :class:`DeviceError`.
+    """
+    if device is None or (isinstance(device, str) and device in ("", "auto")):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise DeviceError(f"invalid device {device!r}: {exc}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise DeviceError(f"device {str(device)!r} requested but torch {torch.__version__} sees no CUDA GPU here")
+    return device_for_rank(dev)
+
+
+def setup_device(device: str | torch.device | None = "auto") -> torch.device:
+    """:func:`resolve_device`, then join torchrun's process group on it (nothing in a single process).
+
+    What every command that may run under torchrun calls once, first.
+    """
+    dev = resolve_device(device)
+    init_distributed(dev)
+    return dev
 
 
 class _RankPrefix(logging.Filter):

@@ -12,19 +12,18 @@ and the iteration. Only the newest one of a run is kept.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from frcnn_trt import __version__
 from frcnn_trt.errors import CheckpointError
-from frcnn_trt.io import atomic_open, atomic_write_json
+from frcnn_trt.io import atomic_open, atomic_write_bytes, atomic_write_json
 
 FORMAT = "frcnn-trt-checkpoint"
 FORMAT_VERSION = 1
@@ -60,14 +59,7 @@ def _sidecar(path: Path) -> Path:
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(clean, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, save(clean, metadata=metadata))
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, info: CheckpointInfo) -> Path:

@@ -1,4 +1,4 @@
-"""A tiny random-weight model and its export, for tests and examples (CPU, a few seconds).
+"""Test helpers: the tiny-net config, and a tiny random-weight model with its export (CPU, a few seconds).
 
 ``tiny_config()`` is the small CPU net with anchors scaled to small images (scales 2, 4, 8; test scale 240,
 max 400, RPN min size 4). :func:`tiny_export` writes (or reuses) its checkpoint and export in a folder, so
@@ -10,11 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from frcnn_trt import config as C
 from frcnn_trt.errors import ExportError
 
-__all__ = ["tiny_config", "tiny_export"]
+__all__ = ["tiny_cfg", "tiny_config", "tiny_export"]
 
 TINY_CLASSES = 4
+
+
+def tiny_cfg(**sections: object) -> C.Config:
+    """The tiny CPU net at a small scale, end2end settings; ``sections`` override on top."""
+    cfg = C.load(C.builtin("faster_rcnn_end2end"))
+    cfg = C.override(
+        cfg,
+        MODEL={"NET": "tiny", "ANCHOR_SCALES": [2, 4, 8]},
+        TRAIN={"SCALES": [112], "MAX_SIZE": 160, "RPN_MIN_SIZE": 4, "SNAPSHOT_ITERS": 0, "NUM_WORKERS": 0,
+               "RPN_PRE_NMS_TOP_N": 600, "RPN_POST_NMS_TOP_N": 100, "BATCH_SIZE": 32, "RPN_BATCHSIZE": 64},
+        TEST={"SCALES": [112], "MAX_SIZE": 160, "RPN_MIN_SIZE": 4, "RPN_PRE_NMS_TOP_N": 300, "RPN_POST_NMS_TOP_N": 50},
+        SOLVER={"BASE_LR": 0.005, "STEPSIZE": 1000, "MAX_ITERS": 4, "DISPLAY": 2},
+        DEVICE="cpu",
+    )
+    return C.override(cfg, **sections) if sections else cfg
 
 
 def tiny_config() -> Any:
@@ -27,11 +43,11 @@ def tiny_config() -> Any:
 def tiny_export(root: str | Path, *, fp16: bool = False, parity: bool = True) -> tuple[Path, Path]:
     """``(checkpoint, export_dir)`` under ``root``: a random tiny model (RPN scores spread out, so proposals
     are not near-ties) and its export with the parity check (2 synthetic images). Reused when present."""
-    from frcnn_trt.export.metadata import load_export
+    from frcnn_trt.engines.export_format import load_export
     from frcnn_trt.export.onnx_export import export_model, random_checkpoint, run_parity
     from frcnn_trt.export.parity import synthetic_images
     from frcnn_trt.io import sha256_file
-    from frcnn_trt.train.checkpoint import load_checkpoint
+    from frcnn_trt.model.checkpoint import load_checkpoint
 
     root = Path(root)
     ckpt = root / "tiny_final.safetensors"

@@ -104,6 +104,20 @@ class ExportInfo:
     def source_checkpoint(self) -> dict[str, Any]:
         return dict(self.data.get("source") or {})
 
+    @property
+    def roi_op(self) -> dict[str, Any]:
+        """The detector graph's RoI op: ``{"type": "RoIPool" | "RoIAlign", "domain", "op_type", "pooled_shape",
+        "spatial_scale", ...}``. Exports written before the ``roi_op`` section hold only ``roi_pool`` (RoIPool)."""
+        if "roi_op" in self.data:
+            return dict(self.data["roi_op"])
+        legacy = dict(self.data.get("roi_pool") or {})
+        return {"type": "RoIPool", **legacy} if legacy else {}
+
+    @property
+    def needs_roi_pool_plugin(self) -> bool:
+        """Whether ``detector.onnx`` holds the custom ``frcnn::RoIPool`` node (TensorRT needs our plugin)."""
+        return self.roi_op.get("type", "RoIPool") == "RoIPool"
+
     def file_sha256(self, name: str) -> str:
         return str(self.data["files"][name]["sha256"])
 

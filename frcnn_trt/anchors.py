@@ -1,4 +1,4 @@
-"""Anchor grids over a feature map, in py-faster-rcnn's order (REFERENCE §2, §4).
+"""Anchor grids over a feature map, in py-faster-rcnn's order (docs/REFERENCE.md §2, §4).
 
 Glossary of shape letters:
 
@@ -17,17 +17,18 @@ turn them into this anchor order:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from frcnn_trt.boxes import generate_anchors
+from frcnn_trt.config import Config
 from frcnn_trt.errors import ModelError
 
 __all__ = [
     "AnchorGenerator",
+    "AnchorSettings",
     "rpn_bbox_to_anchor_order",
     "rpn_cls_to_anchor_order",
     "rpn_fg_scores_to_anchor_order",
@@ -53,43 +54,56 @@ def shifted_anchors(base_anchors: Tensor, feat_h: int, feat_w: int, stride: int 
     return (shifts + base_anchors.unsqueeze(0)).reshape(feat_h * feat_w * base_anchors.shape[0], 4)
 
 
+@dataclass(frozen=True)
+class AnchorSettings:
+    """The anchor grid (py-faster-rcnn's prototxt ``param_str``; docs/REFERENCE.md §2).
+
+    ``feat_stride``: pixels between neighbouring feature-map cells; ``scales`` / ``ratios``: of the base
+    anchors (``generate_anchors``); ``base_size``: their reference side, 16 in py-faster-rcnn whatever the
+    stride. Scales and ratios are stored as float tuples (ints given are converted).
+    """
+
+    feat_stride: int = 16
+    scales: tuple[float, ...] = (8.0, 16.0, 32.0)
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    base_size: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feat_stride", int(self.feat_stride))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        object.__setattr__(self, "base_size", int(self.base_size))
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> AnchorSettings:
+        """From ``cfg.MODEL.FEAT_STRIDE``, ``ANCHOR_SCALES`` and ``ANCHOR_RATIOS``."""
+        return cls(cfg.MODEL.FEAT_STRIDE, cfg.MODEL.ANCHOR_SCALES, cfg.MODEL.ANCHOR_RATIOS)
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for a feature map, cached per ``(H, W, device, dtype)`` (the last 64 grids).
 
     ``forward(feat_h, feat_w, device=None, dtype=float32) -> Tensor[H·W·A, 4]``. The base anchors are
-    :func:`~frcnn_trt.boxes.generate_anchors` of ``(base_size, anchor_ratios, anchor_scales)``; py-faster-rcnn
-    always uses base size 16 (``generate_anchors``' default, independent of the stride), shifted by
-    ``feat_stride`` per cell. The returned tensor is shared between calls: do not modify it in place.
+    :func:`~frcnn_trt.boxes.generate_anchors` of ``(base_size, ratios, scales)`` of the
+    :class:`AnchorSettings`, shifted by ``feat_stride`` per cell. The returned tensor is shared between
+    calls: do not modify it in place.
     """
 
     base_anchors: Tensor
     cache_size = 64  # grids kept (least recently used dropped): image sizes vary between batches
 
-    def __init__(
-        self,
-        *,
-        feat_stride: int = 16,
-        anchor_scales: Sequence[float] = (8, 16, 32),
-        anchor_ratios: Sequence[float] = (0.5, 1, 2),
-        base_size: int = 16,
-    ) -> None:
+    def __init__(self, settings: AnchorSettings | None = None) -> None:
         super().__init__()
-        self.feat_stride = int(feat_stride)
-        self.base_size = int(base_size)
-        self.anchor_scales = tuple(float(s) for s in anchor_scales)
-        self.anchor_ratios = tuple(float(r) for r in anchor_ratios)
-        base = generate_anchors(self.base_size, self.anchor_ratios, self.anchor_scales, dtype=torch.float64)
+        self.settings = settings if settings is not None else AnchorSettings()
+        s = self.settings
+        base = generate_anchors(s.base_size, s.ratios, s.scales, dtype=torch.float64)
         self.register_buffer("base_anchors", base, persistent=False)
         self._cache: OrderedDict[tuple[int, int, torch.device, torch.dtype], Tensor] = OrderedDict()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> AnchorGenerator:
-        """Build from ``cfg.MODEL.FEAT_STRIDE``, ``cfg.MODEL.ANCHOR_SCALES``, ``cfg.MODEL.ANCHOR_RATIOS``."""
-        return cls(
-            feat_stride=cfg.MODEL.FEAT_STRIDE,
-            anchor_scales=cfg.MODEL.ANCHOR_SCALES,
-            anchor_ratios=cfg.MODEL.ANCHOR_RATIOS,
-        )
+    def from_config(cls, cfg: Config) -> AnchorGenerator:
+        """Build from ``cfg.MODEL`` (:meth:`AnchorSettings.from_config`)."""
+        return cls(AnchorSettings.from_config(cfg))
 
     @property
     def num_anchors(self) -> int:
@@ -112,7 +126,8 @@ class AnchorGenerator(nn.Module):
             self._cache.move_to_end(key)
         else:
             # Built in float64 (exact: integer and half-integer values), then cast.
-            cached = shifted_anchors(self.base_anchors.to(dev), int(feat_h), int(feat_w), self.feat_stride)
+            stride = self.settings.feat_stride
+            cached = shifted_anchors(self.base_anchors.to(dev), int(feat_h), int(feat_w), stride)
             cached = cached.to(dtype)
             self._cache[key] = cached
             if len(self._cache) > self.cache_size:
@@ -120,8 +135,8 @@ class AnchorGenerator(nn.Module):
         return cached
 
     def extra_repr(self) -> str:
-        return (f"feat_stride={self.feat_stride}, base_size={self.base_size}, anchor_scales={self.anchor_scales}, "
-                f"anchor_ratios={self.anchor_ratios}")
+        s = self.settings
+        return f"feat_stride={s.feat_stride}, base_size={s.base_size}, scales={s.scales}, ratios={s.ratios}"
 
 
 def _check_blob(name: str, blob: Tensor, per_anchor: int) -> int:

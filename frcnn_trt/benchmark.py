@@ -4,7 +4,7 @@ Each backend runs the whole detector (:class:`~frcnn_trt.engines.detector.Detect
 images (default 600 × 1000, py-faster-rcnn's largest test blob), one image per call, after ``warmup``
 untimed calls. Reported per backend: ms per phase (preprocess, RPN, proposals, detector, postprocess;
 GPU-synchronised), images/s and the speed-up over torch eager. py-faster-rcnn's published speeds
-(REFERENCE §13) are printed alongside as the historical anchor — other hardware, other decade.
+(docs/REFERENCE.md §13) are printed alongside as the historical anchor — other hardware, other decade.
 
 The model: an export directory, a checkpoint (exported to a temporary directory first) or ``net`` alone
 (a randomly initialised model of that network, exported to a temporary directory: timing does not
@@ -25,18 +25,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.table import Table
 
-from frcnn_trt.engines.base import BACKEND_NAMES, backend_availability
+from frcnn_trt.config import from_dict
+from frcnn_trt.engines.backends import BACKEND_NAMES, backend_availability, backend_spec
 from frcnn_trt.engines.detector import Detector, PhaseTimes
+from frcnn_trt.engines.export_format import versions
 from frcnn_trt.errors import BackendError, FrcnnError
+from frcnn_trt.export.onnx_export import export_model, random_checkpoint
 from frcnn_trt.io import atomic_write_json
+from frcnn_trt.log import console as make_console
+from frcnn_trt.model.checkpoint import load_checkpoint
+from frcnn_trt.model.faster_rcnn import FasterRCNN
 
 __all__ = ["REFERENCE_SPEEDS", "BackendTiming", "BenchmarkResult", "benchmark_detector", "load_benchmark_json",
            "run_benchmark"]
 
 log = logging.getLogger("frcnn_trt.benchmark")
 
-#: py-faster-rcnn / official MATLAB Faster R-CNN test-time speeds, whole pipeline per image (REFERENCE §13).
+#: py-faster-rcnn / official MATLAB Faster R-CNN test-time speeds, whole pipeline per image (docs/REFERENCE.md §13).
 REFERENCE_SPEEDS: list[dict[str, Any]] = [
     {"source": "MATLAB Faster R-CNN README", "hardware": "K40", "net": "VGG16", "ms_per_image": 198.0},
     {"source": "MATLAB Faster R-CNN README", "hardware": "K40", "net": "ZF", "ms_per_image": 59.0},
@@ -91,7 +98,7 @@ class BenchmarkResult:
                           "detections_per_image": t.detections_per_image,
                           "speedup_vs_torch": self.speedup_vs_torch(t), "error": t.error} for t in self.timings],
             "reference": {"note": "historical anchor, other hardware: py-faster-rcnn README / MATLAB README "
-                                  "(REFERENCE §13), whole pipeline per image",
+                                  "(docs/REFERENCE.md §13), whole pipeline per image",
                           "speeds": REFERENCE_SPEEDS},
             "environment": self.environment,
         }
@@ -137,55 +144,31 @@ def run_benchmark(
     """Benchmark one model on ``backends`` (default: every one available here); see the module docstring.
 
     Exactly one of ``model`` (checkpoint), ``export_dir`` or ``net`` (random weights). ``threads``: CPU
-    threads for torch (``torch.set_num_threads``, restored afterwards) and ONNX Runtime (intra-op);
-    default = torch's current setting. ``fp16`` applies to the temporary export (checkpoint / ``net``).
+    threads for torch (``torch.set_num_threads``, restored afterwards) and every backend that takes an
+    ``intra_op_threads`` option (ONNX Runtime); default = torch's current setting. ``fp16`` applies to the
+    temporary export (checkpoint / ``net``). ``ort_graph_optimization`` goes to every backend that takes a
+    ``graph_optimization`` option.
     """
-    from frcnn_trt.export.onnx_export import export_model, random_checkpoint
-    from frcnn_trt.log import console as make_console
-
     con = console if console is not None else make_console()
     if sum(x is not None for x in (model, export_dir, net)) != 1:
         raise FrcnnError("benchmark needs exactly one of a checkpoint, --export DIR or --net NAME")
     if num_images < 1 or warmup < 0:
         raise FrcnnError(f"num_images must be ≥ 1 and warmup ≥ 0, got {num_images} and {warmup}")
-    avail = backend_availability(device)
-    wanted = list(backends) if backends else [b for b in BACKEND_NAMES if avail[b][0]]
-    for b in wanted:
-        if b not in avail:
-            raise BackendError(f"unknown backend {b!r}; expected some of {', '.join(BACKEND_NAMES)}")
-        if not avail[b][0]:
-            raise BackendError(f"backend {b!r} cannot run here: {avail[b][1]}")
+    wanted = _backends_to_time(backends, device)
     old_threads = torch.get_num_threads()
     n_threads = int(threads) if threads is not None else old_threads
     tmp = tempfile.TemporaryDirectory(prefix="frcnn_bench_")
-    in_memory: Any = None
+    in_memory: FasterRCNN | None = None
     try:
         torch.set_num_threads(n_threads)
         if export_dir is None:
-            tmp_dir = Path(tmp.name)
-            if net is not None:
-                con.print(f"[bold]benchmark[/] random-init {net} ({num_classes} classes): exporting to {tmp_dir}")
-                ckpt = random_checkpoint(tmp_dir / f"{net}_random", net=net, num_classes=num_classes,
-                                         rpn_spread=10.0, anchor_proposals=True)
-            else:
-                ckpt = Path(model).with_suffix(".safetensors")  # type: ignore[arg-type]
-                con.print(f"[bold]benchmark[/] {ckpt}: exporting to {tmp_dir}")
-            from frcnn_trt.config import from_dict
-            from frcnn_trt.model.checkpoint import load_checkpoint
-
-            in_memory, info = load_checkpoint(ckpt, device="cpu")
-            t0 = time.perf_counter()
-            export_model(in_memory, cfg=from_dict(info.config), class_names=info.class_names,
-                         output_dir=tmp_dir / "export", fp16=fp16,
-                         source={"checkpoint": str(ckpt.resolve()), "net": info.net})
-            con.print(f"  exported in {time.perf_counter() - t0:.1f} s")
-            export_dir = tmp_dir / "export"
+            export_dir, in_memory = _temporary_export(Path(tmp.name), model, net, num_classes, fp16, con)
         images = _images(image_size, num_images)
         timings: list[BackendTiming] = []
         net_name = "?"
+        common = {"intra_op_threads": n_threads, "graph_optimization": ort_graph_optimization}
         for b in wanted:
-            options = {"intra_op_threads": n_threads, "graph_optimization": ort_graph_optimization} \
-                if b == "onnxruntime" else {}
+            options = {k: v for k, v in common.items() if k in backend_spec(b).options}
             try:
                 det = Detector.from_export(export_dir, b, device=device, model=in_memory, backend_options=options)
                 net_name = det.export.net if det.export else net_name
@@ -207,9 +190,40 @@ def run_benchmark(
     return result
 
 
-def _environment(threads: int) -> dict[str, Any]:
-    from frcnn_trt.engines.export_format import versions
+def _backends_to_time(backends: Sequence[str] | None, device: str | None) -> list[str]:
+    """The backends asked for (each must exist and run here), or every one that runs here, fastest first."""
+    avail = backend_availability(device)
+    if not backends:
+        return [b for b in BACKEND_NAMES if avail[b][0]]
+    for b in backends:
+        if b not in avail:
+            raise BackendError(f"unknown backend {b!r}; expected some of {', '.join(BACKEND_NAMES)}")
+        if not avail[b][0]:
+            raise BackendError(f"backend {b!r} cannot run here: {avail[b][1]}")
+    return list(backends)
 
+
+def _temporary_export(tmp_dir: Path, model: str | Path | None, net: str | None, num_classes: int, fp16: bool,
+                      con: Any) -> tuple[Path, FasterRCNN]:
+    """Export a checkpoint (or a random-init ``net``) into ``tmp_dir``: ``(export dir, the model in memory)``."""
+    if net is not None:
+        con.print(f"[bold]benchmark[/] random-init {net} ({num_classes} classes): exporting to {tmp_dir}")
+        ckpt = random_checkpoint(tmp_dir / f"{net}_random", net=net, num_classes=num_classes,
+                                 rpn_spread=10.0, anchor_proposals=True)
+    else:
+        ckpt = Path(model).with_suffix(".safetensors")  # type: ignore[arg-type]
+        con.print(f"[bold]benchmark[/] {ckpt}: exporting to {tmp_dir}")
+    in_memory, info = load_checkpoint(ckpt, device="cpu")
+    if not isinstance(in_memory, FasterRCNN):  # pragma: no cover - load_checkpoint builds a FasterRCNN
+        raise FrcnnError(f"{ckpt} does not hold a FasterRCNN")
+    t0 = time.perf_counter()
+    export_model(in_memory, cfg=from_dict(info.config), class_names=info.class_names,
+                 output_dir=tmp_dir / "export", fp16=fp16, source={"checkpoint": str(ckpt.resolve()), "net": info.net})
+    con.print(f"  exported in {time.perf_counter() - t0:.1f} s")
+    return tmp_dir / "export", in_memory
+
+
+def _environment(threads: int) -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
                            "processor": platform.processor() or None, "torch_threads": threads,
                            "versions": versions()}
@@ -226,8 +240,6 @@ def _environment(threads: int) -> dict[str, Any]:
 
 
 def _print_table(con: Any, r: BenchmarkResult) -> None:
-    from rich.table import Table
-
     h, w = r.image_size
     table = Table(title=f"{r.net}, {h}×{w} images, {r.num_images} timed (+{r.warmup} warm-up), "
                         f"{r.threads} CPU threads: ms per image")
@@ -248,7 +260,7 @@ def _print_table(con: Any, r: BenchmarkResult) -> None:
     for t in r.timings:
         con.print(f"  {t.backend}: " + (f"[red]{t.error}[/]" if t.error else
                                         f"{t.description}, {t.detections_per_image:.1f} detections/image"))
-    con.print("[dim]historical anchor (REFERENCE §13; whole pipeline per image, other hardware, for orientation "
+    con.print("[dim]historical anchor (docs/REFERENCE.md §13; whole pipeline per image, other hardware, for orientation "
               "only):[/]")
     for ref in REFERENCE_SPEEDS:
         con.print(f"[dim]  {ref['source']}: {ref['net']} on {ref['hardware']}: {ref['ms_per_image']:.0f} ms "

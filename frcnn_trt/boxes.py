@@ -1,4 +1,4 @@
-"""Box maths with py-faster-rcnn's +1 pixel geometry (REFERENCE §2, §3, §5).
+"""Box maths with py-faster-rcnn's +1 pixel geometry (docs/REFERENCE.md §2, §3, §5).
 
 Boxes are float ``[..., 4]`` rows ``x1, y1, x2, y2`` in 0-based **inclusive** pixels, so a box is
 ``x2 - x1 + 1`` wide. Every function is vectorised torch and runs on its inputs' device; leading batch
@@ -68,7 +68,7 @@ def generate_anchors(
     Base anchor ``[0, 0, base_size - 1, base_size - 1]``; for each ratio ``r`` (ratio-major):
     ``ws = round(sqrt(base_size² / r))``, ``hs = round(ws · r)`` (round half to even, as ``np.round``),
     then for each scale ``s`` (scale-minor) the box of size ``(ws·s, hs·s)`` about the base centre.
-    The defaults give REFERENCE §2's nine anchors exactly. Computed in float64, returned in ``dtype``.
+    The defaults give docs/REFERENCE.md §2's nine anchors exactly. Computed in float64, returned in ``dtype``.
     """
     if base_size <= 0 or len(ratios) == 0 or len(scales) == 0:
         raise ModelError(f"generate_anchors needs base_size > 0 and non-empty ratios/scales, got "

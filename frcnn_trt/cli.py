@@ -13,8 +13,12 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from frcnn_trt.engines.backends import BACKEND_NAMES
 from frcnn_trt.errors import FrcnnError
 from frcnn_trt.log import console, setup_logging
+
+#: ``--backend`` choices in help texts (the backends' own list, fastest first)
+BACKEND_CHOICES = ", ".join(("auto", *BACKEND_NAMES))
 
 _state: dict[str, Any] = {"verbose": False}
 
@@ -269,39 +273,45 @@ def train_pretrain_cmd(
 
 
 @app.command("test", context_settings=WITH_SET, help="py-faster-rcnn's test_net: detections and the per-class AP "
-             "table for an imdb." + SET_HELP)
+             "table for an imdb, from a checkpoint (eager torch) or from an export on any backend (the same "
+             "measurement)." + SET_HELP)
 def test_cmd(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint (.safetensors with its .json sidecar).")],
     imdb: ImdbName,
-    output: Annotated[Path | None, typer.Option(help="Folder for detections (default: next to the model).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Checkpoint (.safetensors with its .json sidecar), "
+                                               "run by eager torch.")] = None,
+    export: Annotated[Path | None, typer.Option("--export", help="Export folder (frcnn-trt export), run by "
+                                                "--backend.")] = None,
+    backend: Annotated[str, typer.Option(help=f"Backend: {BACKEND_CHOICES} (a checkpoint runs on torch).")] = "auto",
+    output: Annotated[Path | None, typer.Option(help="Folder for detections (default: next to the model or "
+                                                "export).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
     max_images: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     data_root: DataRoot = Path("data"),
 ) -> None:
-    from frcnn_trt import config as C
     from frcnn_trt.data.factory import get_imdb
     from frcnn_trt.distributed import setup_device
+    from frcnn_trt.errors import ConfigError
     from frcnn_trt.evaluation import format_ap_table
-    from frcnn_trt.inference import test_net
-    from frcnn_trt.model.checkpoint import load_checkpoint
+    from frcnn_trt.inference import run_test_checkpoint, run_test_export
 
-    net, info = load_checkpoint(model, setup_device(device))
-    cfg = C.from_list(_set_pairs(ctx), net.cfg)
-    net.configure(cfg)
+    if (model is None) == (export is None):
+        raise ConfigError("give exactly one of --model CKPT (a checkpoint) or --export DIR (an export folder)")
+    dev = str(setup_device(device))
     db = get_imdb(imdb, data_root)
-    if list(db.classes) != list(info.class_names):
-        from frcnn_trt.errors import DatasetError
-
-        raise DatasetError(f"{model} was trained on classes {info.class_names[1:]} but {db.name} has "
-                           f"{list(db.classes[1:])}")
-    out = output or model.parent / f"test_{db.name}"
-    C.write_resolved(cfg, out)
-    res = test_net(net, db, cfg, out, batch_size=batch_size, max_images=max_images)
+    common: dict[str, Any] = {"backend": backend, "device": dev, "batch_size": batch_size, "max_images": max_images,
+                              "console": _out()}
+    if export is not None:
+        if _set_pairs(ctx):
+            raise ConfigError("--set overrides a checkpoint's config; an export's test settings are in its "
+                              "export.json")
+        res, name = run_test_export(export, db, output, **common), export.name
+    elif model is not None:
+        res, name = run_test_checkpoint(model, db, output, overrides=_set_pairs(ctx), **common), model.name
     if res.result is not None:
-        _out().print(format_ap_table(res.result, title=f"{model.name} on {db.name}"))
-    _out().print(f"detections in {out} ({res.seconds_per_image * 1000:.1f} ms/image)")
+        _out().print(format_ap_table(res.result, title=f"{name} on {db.name}"))
+    _out().print(f"detections in {res.output_dir} ({res.seconds_per_image * 1000:.1f} ms/image)")
 
 
 @train_app.command("alt-opt", context_settings=WITH_SET,
@@ -315,7 +325,7 @@ def train_alt_opt_cmd(
     iters: Annotated[str | None, typer.Option(help="a,b,c,d iterations of the four stages "
                                               "(py-faster-rcnn: 80000,40000,80000,40000).")] = None,
     cfg_files: CfgFiles = None,
-    backend: Annotated[str, typer.Option(help="rpn_generate backend: auto, tensorrt, onnxruntime, torch.")] = "auto",
+    backend: Annotated[str, typer.Option(help=f"rpn_generate backend: {BACKEND_CHOICES}.")] = "auto",
     output: Annotated[Path | None, typer.Option(help="Output folder (default output/<EXP_DIR>/<imdb>).")] = None,
     resume: Annotated[bool, typer.Option(help="Skip finished stages, continue the one in progress.")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 (default: DEVICE of the config).")] = None,
@@ -359,7 +369,7 @@ def export_cmd(
     """rpn.onnx + detector.onnx (custom frcnn::RoIPool node) + export.json, parity report, TensorRT engines."""
     import json
 
-    from frcnn_trt.engines.trt_build import BuildSettings, build_export_engines
+    from frcnn_trt.engines.tensorrt import BuildSettings, build_export_engines
     from frcnn_trt.export.onnx_export import run_export
     from frcnn_trt.io import atomic_write_json
 
@@ -392,7 +402,7 @@ def detect_cmd(
     source: Annotated[str, typer.Argument(help="A folder, an image file, or a glob ('imgs/**/*.jpg').")],
     export: Annotated[Path | None, typer.Option("--export", help="Export folder (frcnn-trt export).")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="A checkpoint, run eagerly by torch.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, torch.")] = "auto",
+    backend: Annotated[str, typer.Option(help=f"{BACKEND_CHOICES}.")] = "auto",
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1.")] = None,
     conf: Annotated[float | None, typer.Option(help="Score threshold (default 0.05, as test_net).")] = None,
     nms: Annotated[float | None, typer.Option(help="Per-class NMS IoU (default 0.3).")] = None,
@@ -421,7 +431,8 @@ def benchmark_cmd(
     export: Annotated[Path | None, typer.Option("--export", help="Export folder to time.")] = None,
     net: Annotated[str | None, typer.Option(help="Time a random-weight network instead (e.g. VGG16).")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes incl. background for --net.")] = 21,
-    backend: Annotated[list[str] | None, typer.Option("--backend", help="Backends (default: all available).")] = None,
+    backend: Annotated[list[str] | None, typer.Option("--backend", help=f"Backends, some of {', '.join(BACKEND_NAMES)} "
+                                                      "(default: all available).")] = None,
     size: Annotated[tuple[int, int], typer.Option(help="Image height and width.")] = (600, 1000),
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Timed images per backend.")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up images.")] = 1,
@@ -444,8 +455,7 @@ def benchmark_cmd(
 def demo_cmd(
     workdir: Annotated[Path, typer.Option(help="Where the dataset, models, export and detections go.")] = Path(
         "runs/demo"),
-    backend: Annotated[str, typer.Option(help="Backend for rpn_generate and detect: auto, onnxruntime, torch, "
-                                         "tensorrt.")] = "auto",
+    backend: Annotated[str, typer.Option(help=f"Backend for rpn_generate and detect: {BACKEND_CHOICES}.")] = "auto",
     iters: Annotated[str | None, typer.Option(help="a,b,c,d alt-opt iterations (default: configs/"
                                               "tiny_alt_opt.yml).")] = None,
     pretrain_iters: Annotated[int, typer.Option(help="Iterations of the crop pretraining (ImageNet stand-in).")] = 800,

@@ -18,7 +18,7 @@ import ast
 import dataclasses
 import difflib
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from frcnn_trt.errors import ConfigError
+from frcnn_trt.io import atomic_write_text
 
 Floats4 = tuple[float, float, float, float]
 
@@ -112,11 +113,28 @@ class ModelConfig:
     #: frcnn-trt: the RoI feature op of the Fast R-CNN head: ``RoIPool`` (py-faster-rcnn's Caffe max pooling,
     #: the default) or ``RoIAlign`` (torchvision's bilinear op, exported as the standard ONNX ``RoiAlign``)
     ROI_OP: str = "RoIPool"
+    #: frcnn-trt: RoIAlign's bilinear samples per bin side (torchvision's Faster R-CNN uses 2); 0 = adaptive,
+    #: ``ceil(RoI side / pooled side)`` as in torchvision (``-1``) and ONNX (``0``). Unused by RoIPool.
+    ROI_ALIGN_SAMPLING_RATIO: int = 2
+
+    def __post_init__(self) -> None:
+        if self.ROI_OP not in ROI_OPS:
+            close = difflib.get_close_matches(self.ROI_OP, ROI_OPS, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"MODEL.ROI_OP: unknown RoI op {self.ROI_OP!r}{hint}; choose one of "
+                              f"{', '.join(ROI_OPS)}")
+        if self.ROI_ALIGN_SAMPLING_RATIO < 0:
+            raise ConfigError(f"MODEL.ROI_ALIGN_SAMPLING_RATIO must be ≥ 0 (0 = adaptive), got "
+                              f"{self.ROI_ALIGN_SAMPLING_RATIO}")
+
+
+#: the values of ``MODEL.ROI_OP`` (frcnn_trt.model.faster_rcnn builds the op)
+ROI_OPS = ("RoIPool", "RoIAlign")
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """frcnn-trt: the Caffe solver prototxt (REFERENCE §8; ``stage*_solver*.pt`` / ``solver.prototxt``)."""
+    """frcnn-trt: the Caffe solver prototxt (docs/REFERENCE.md §8; ``stage*_solver*.pt`` / ``solver.prototxt``)."""
 
     BASE_LR: float = 0.001
     LR_POLICY: str = "step"
@@ -138,7 +156,7 @@ class SolverConfig:
 
 @dataclass(frozen=True)
 class AltOptConfig:
-    """frcnn-trt: the four-stage schedule of ``tools/train_faster_rcnn_alt_opt.py`` (REFERENCE §9).
+    """frcnn-trt: the four-stage schedule of ``tools/train_faster_rcnn_alt_opt.py`` (docs/REFERENCE.md §9).
 
     Order of the 4-tuples: stage-1 RPN, stage-1 Fast R-CNN, stage-2 RPN, stage-2 Fast R-CNN.
     """
@@ -184,45 +202,68 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _coerce_tuple(key: str, value: Any, tp: Any) -> tuple[Any, ...]:
+    """``value`` as the tuple type ``tp`` (``tuple[T, ...]`` or a fixed length); a lone number is one value."""
+    args = typing.get_args(tp)
+    flat = value
+    # PIXEL_MEANS is written [[[b, g, r]]] in py-faster-rcnn: accept any nesting of one element.
+    while isinstance(flat, (list, tuple)) and len(flat) == 1 and isinstance(flat[0], (list, tuple)):
+        flat = flat[0]
+    if isinstance(flat, (int, float)) and not isinstance(flat, bool):
+        flat = [flat]
+    if not isinstance(flat, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        if not flat:
+            raise ConfigError(f"{key}: expected at least one value, got {value!r}")
+        return tuple(_coerce(key, v, args[0]) for v in flat)
+    if len(flat) != len(args):
+        raise ConfigError(f"{key}: expected {len(args)} values, got {len(flat)} ({value!r})")
+    return tuple(_coerce(key, v, a) for v, a in zip(flat, args, strict=True))
+
+
+def _coerce_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    raise ConfigError(f"{key}: expected true/false, got {value!r}")
+
+
+def _coerce_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _coerce_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _coerce_str(key: str, value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return str(value)
+
+
+_SCALARS: dict[type, Callable[[str, Any], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+}
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` converted to type ``tp`` or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        flat = value
-        # PIXEL_MEANS is written [[[b, g, r]]] in py-faster-rcnn: accept any nesting of one element.
-        while isinstance(flat, (list, tuple)) and len(flat) == 1 and isinstance(flat[0], (list, tuple)):
-            flat = flat[0]
-        if isinstance(flat, (int, float)) and not isinstance(flat, bool):
-            flat = [flat]
-        if not isinstance(flat, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            if not flat:
-                raise ConfigError(f"{key}: expected at least one value, got {value!r}")
-            return tuple(_coerce(key, v, args[0]) for v in flat)
-        if len(flat) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(flat)} ({value!r})")
-        return tuple(_coerce(key, v, a) for v, a in zip(flat, args, strict=True))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false"}:
-            return value.lower() == "true"
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - schema bug
+    if typing.get_origin(tp) is tuple:
+        return _coerce_tuple(key, value, tp)
+    scalar = _SCALARS.get(tp)
+    if scalar is None:  # pragma: no cover - schema bug
+        raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+    return scalar(key, value)
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -248,7 +289,7 @@ def _build(cls: type, data: Mapping[str, Any], base: Any, prefix: str) -> Any:
         if key not in types_:
             raise _unknown(full, types_)
         tp = types_[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             changes[key] = _build(tp, value, getattr(base, key), f"{full}.")
         else:
             changes[key] = _coerce(full, value, tp)
@@ -309,18 +350,25 @@ def override(cfg: Config, **sections: Mapping[str, Any] | Any) -> Config:
     return from_dict(sections, cfg)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain nested dict (lists for tuples) suitable for YAML/JSON."""
+_Section = Config | TrainConfig | TestConfig | ModelConfig | SolverConfig | AltOptConfig
+
+
+def _section_dict(section: _Section) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out[f.name] = to_dict(value)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, _Section):
+            out[f.name] = _section_dict(value)
         elif isinstance(value, tuple):
             out[f.name] = list(value)
         else:
             out[f.name] = value
     return out
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """A plain nested dict (lists for tuples) suitable for YAML/JSON."""
+    return _section_dict(cfg)
 
 
 def dump(cfg: Config) -> str:
@@ -330,8 +378,6 @@ def dump(cfg: Config) -> str:
 
 def write_resolved(cfg: Config, directory: str | Path, name: str = "config.yaml") -> Path:
     """Write the resolved config next to a run's outputs (atomically)."""
-    from frcnn_trt.io import atomic_write_text
-
     path = Path(directory) / name
     atomic_write_text(path, dump(cfg))
     return path
@@ -367,6 +413,7 @@ def resolve(cfg_files: Iterable[str | Path] = (), set_pairs: list[str] | tuple[s
 
 
 __all__ = [
+    "ROI_OPS",
     "AltOptConfig",
     "Config",
     "ModelConfig",

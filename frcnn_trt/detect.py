@@ -1,14 +1,16 @@
-"""``frcnn-trt detect``: run a detector over a folder, a file or a glob, streaming.
+"""``frcnn-trt detect``: run a detector over a folder, a file or a glob.
 
 Glossary: ``D`` detections of one image (boxes 0-based inclusive x1, y1, x2, y2 in original pixels).
 
-Images are read, detected and written one batch at a time (a generator; nothing piles up): annotated images
-(class colours, ``label score``), ``predictions.json`` (streamed by
-:class:`~frcnn_trt.evaluation.detections.PredictionsWriter`) and, on request, a COCO results JSON. An image
-that cannot be read (missing, truncated, not an image) is reported, skipped and listed in the summary. The
-speed summary splits ms/image into the detector's phases, warm-up batches excluded, GPU-synchronised.
+A thin caller of the runner (:class:`~frcnn_trt.engines.runner.Runner`): it reads and detects one batch at a
+time and hands each result over as it is done, so each annotated image (class colours, ``label score``) is
+written while the run goes on and no decoded image is kept. Once every image is done, ``predictions.json``
+(:class:`~frcnn_trt.evaluation.PredictionsWriter`: every readable image, in path order) and, on request, a
+COCO results JSON are written. An image that cannot be read (missing, truncated, not an image) is reported,
+skipped and listed in the summary. The speed summary splits ms/image into the detector's phases, warm-up
+batches excluded, GPU-synchronised.
 
-Under ``torchrun`` (several processes, :mod:`frcnn_trt.distributed`) the images are sharded: rank
+Under ``torchrun`` (several processes, :mod:`frcnn_trt.distributed`) the runner shards the images: rank
 ``r`` takes every ``W``-th chunk of ``batch_size`` consecutive paths from chunk ``r``, detects them and writes
 their annotated images (file names are the image ids, unique over all paths); the per-image results are
 gathered (npz / JSON over the process group, no pickle) and rank 0 alone writes ``predictions.json`` (same
@@ -22,34 +24,35 @@ batches (each rank's own warm-up excluded): ms/image of one process, not of the 
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import logging
 import re
-import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from frcnn_trt.engines.detector import Detector, ImageDetections, PhaseTimes
-from frcnn_trt.errors import DatasetError, FrcnnError, ImageError
+from frcnn_trt import distributed
+from frcnn_trt.engines.detector import Detector, PhaseTimes
+from frcnn_trt.engines.results import ImageDetections
+from frcnn_trt.engines.runner import ImageResult, Runner, RunResult, rank_zero_first, unique_image_ids
+from frcnn_trt.errors import DatasetError, FrcnnError
+from frcnn_trt.evaluation import PredictionsWriter, read_predictions, write_coco_results
+from frcnn_trt.log import console as make_console
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "DetectSummary",
-    "ImageResult",
     "annotate",
     "build_detector",
     "iter_image_paths",
     "next_run_dir",
     "run_detect",
-    "stream_detections",
 ]
-
-log = logging.getLogger("frcnn_trt.detect")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 _GLOB_CHARS = frozenset("*?[")
@@ -103,9 +106,10 @@ def next_run_dir(project: str | Path = "runs/detect", name: str = "exp") -> Path
 
 
 def annotate(image_bgr: np.ndarray, dets: ImageDetections) -> Any:
-    """A PIL RGB image with each detection's box in its class colour and a ``label score`` tag."""
-    from PIL import Image, ImageDraw, ImageFont
-
+    """A PIL RGB image with each detection's box in its class colour and a ``label score`` tag (proposals:
+    the first colour and the score alone)."""
+    labels = dets.labels.tolist() if dets.labels is not None else [0] * len(dets)
+    names = dets.label_names if dets.labels is not None else [""] * len(dets)
     img = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
     draw = ImageDraw.Draw(img)
     width = max(1, round(min(img.size) / 300))
@@ -116,87 +120,15 @@ def annotate(image_bgr: np.ndarray, dets: ImageDetections) -> Any:
     # low scores first, so the best boxes and labels are drawn on top
     for i in np.argsort(dets.scores, kind="stable").tolist():
         x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
-        colour = _PALETTE[int(dets.labels[i]) % len(_PALETTE)]
+        colour = _PALETTE[labels[i] % len(_PALETTE)]
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        text = f"{dets.label_names[i]} {float(dets.scores[i]):.2f}"
+        text = f"{names[i]} {float(dets.scores[i]):.2f}".strip()
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1
         draw.rectangle([x1, ty, x1 + tw + 4, ty + th + 4], fill=colour)
         draw.text((x1 + 2, ty + 2 - top), text, fill=(255, 255, 255), font=font)
     return img
-
-
-# ------------------------------------------------------------------------------------------------ streaming
-
-
-@dataclass
-class ImageResult:
-    """One source image: its detections, or the error that made us skip it."""
-
-    path: Path
-    image_id: str
-    image: np.ndarray | None = None
-    detections: ImageDetections | None = None
-    error: str | None = None
-
-
-def _unique_ids(paths: Sequence[Path]) -> list[str]:
-    """File stems as image ids; a repeated stem gets the first free ``_2``, ``_3``, … suffix."""
-    taken: set[str] = set()
-    out = []
-    for p in paths:
-        candidate, n = p.stem, 1
-        while candidate in taken:
-            n += 1
-            candidate = f"{p.stem}_{n}"
-        taken.add(candidate)
-        out.append(candidate)
-    return out
-
-
-def stream_detections(
-    detector: Detector,
-    paths: Sequence[Path],
-    batch_size: int = 1,
-    timing: list[PhaseTimes] | None = None,
-    *,
-    ids: Sequence[str] | None = None,
-) -> Iterator[ImageResult]:
-    """Read, detect and yield one :class:`ImageResult` per path, ``batch_size`` images per backend call.
-    Unreadable images come back with ``error`` set. ``timing`` (if given) receives each batch's times.
-    ``ids``: the image id of each path (default: the file stems, made unique); a shard of a larger run
-    passes the ids computed over all paths."""
-    from frcnn_trt.data.images import read_image
-
-    if batch_size < 1:
-        raise FrcnnError(f"batch_size must be ≥ 1, got {batch_size}")
-    if ids is None:
-        ids = _unique_ids(paths)
-    elif len(ids) != len(paths):
-        raise FrcnnError(f"{len(ids)} image ids for {len(paths)} paths")
-    pending: list[ImageResult] = []
-
-    def flush() -> Iterator[ImageResult]:
-        dets = detector.detect([r.image for r in pending])  # type: ignore[misc]
-        if timing is not None:
-            timing.append(detector.last_timing)
-        for r, d in zip(pending, dets, strict=True):
-            r.detections = d
-            yield r
-        pending.clear()
-
-    for path, image_id in zip(paths, ids, strict=True):
-        try:
-            image = read_image(path)
-        except ImageError as exc:
-            yield ImageResult(path, image_id, error=str(exc))
-            continue
-        pending.append(ImageResult(path, image_id, image=image))
-        if len(pending) == batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -278,6 +210,7 @@ def run_detect(
     coco_json: str | Path | None = None,
     batch_size: int = 1,
     warmup: int = 1,
+    threads: int = 1,
     detector: Detector | None = None,
     console: Any = None,
 ) -> DetectSummary:
@@ -285,168 +218,79 @@ def run_detect(
 
     ``conf_thresh`` / ``nms`` / ``max_dets`` default to the export's test settings (0.05 / 0.3 / 100).
     ``output_dir`` default: ``project/exp``, ``exp2``, … ``warmup``: leading batches left out of the speed
-    numbers (they are still detected and written). ``detector``: an already built one (tests, notebooks).
+    numbers (they are still detected and written). ``threads``: batches detected side by side (``None``: as
+    many as the backend allows; the detections are the same, the per-phase times overlap). ``detector``: an
+    already built one (tests, notebooks).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from frcnn_trt import distributed
-    from frcnn_trt.evaluation.detections import PredictionsWriter, read_predictions, write_coco_results
-    from frcnn_trt.log import console as make_console
-
     con = console if console is not None else make_console()
     paths = iter_image_paths(source)
     if distributed.env_world_size() > 1:  # under torchrun: this rank's device, and the process group
         device = str(distributed.setup_device(device or "auto"))
-    world, rank = distributed.get_world_size(), distributed.get_rank()
-    main = rank == 0
-
-    def build() -> Detector:
-        return detector if detector is not None else build_detector(
-            export_dir=export_dir, checkpoint=checkpoint, backend=backend, device=device,
-            conf_thresh=conf_thresh, nms=nms, max_dets=max_dets)
-
-    if world == 1 or detector is not None:
-        det = build()
-    else:  # rank 0 first (it builds any engine cache of the export), then the others load what it made
-        built = build() if main else None
-        distributed.barrier()
-        det = built if built is not None else build()
-    if world == 1:
-        out = Path(output_dir) if output_dir is not None else next_run_dir(project)
-        out.mkdir(parents=True, exist_ok=True)
-    else:  # rank 0 picks the run folder (exp, exp2, ...) and makes it; every rank writes into it
-        chosen = str(output_dir) if output_dir is not None else str(next_run_dir(project)) if main else ""
-        out = Path(distributed.broadcast_json(chosen))
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
-    names = det.class_names
-    ids = _unique_ids(paths)  # over ALL paths: the same ids (and annotated file names) in every process
-    mine = distributed.shard_indices(len(paths), rank, world, chunk=batch_size)
+    det = detector if detector is not None else rank_zero_first(lambda: build_detector(
+        export_dir=export_dir, checkpoint=checkpoint, backend=backend, device=device, conf_thresh=conf_thresh,
+        nms=nms, max_dets=max_dets))
+    out = _run_dir(output_dir, project)
+    runner = Runner(det, batch_size=batch_size, warmup=warmup, threads=threads, label="detect", console=con)
+    main = distributed.is_main_process()
     if main:
-        con.print(f"[bold]frcnn-trt detect[/] {len(paths)} image(s) from {source} with {det.describe()}")
-        con.print(f"  conf > {det.conf_thresh}, NMS {det.nms}, max {det.max_dets} per image; results → {out}")
-        if world > 1:
-            con.print(f"  {world} processes (torchrun): batches of {batch_size} sharded over the ranks, "
-                      f"{len(mine)} image(s) on rank 0")
-
-    timing: list[PhaseTimes] = []
-    skipped: list[tuple[str, str]] = []
-    per_class: dict[str, int] = {}
-    n_images = n_dets = 0
-    found: dict[str, _Found] = {}  # this rank's results by image id (several processes only)
+        _print_header(con, source, len(paths), det, out, batch_size)
+    run = runner.run(paths, unique_image_ids(paths), on_result=partial(_save_result, out) if save_images else None)
     pred_path = out / "predictions.json"
-    t_start = time.perf_counter()
-    interactive = main and bool(getattr(con, "is_terminal", False))
-    progress = Progress(TextColumn("detect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.description}"), console=con, disable=not interactive, transient=True)
-    writer_cm = PredictionsWriter(pred_path, names) if world == 1 else contextlib.nullcontext(None)
-    with writer_cm as writer, progress:
-        task = progress.add_task("", total=len(mine))
-        for k, res in enumerate(stream_detections(det, [paths[i] for i in mine], batch_size, timing,
-                                                  ids=[ids[i] for i in mine]), 1):
-            if res.error is not None:
-                if writer is not None:
-                    skipped.append((str(res.path), res.error))
-                    con.print(f"  [yellow]skipped[/] {res.path}: {res.error}")
-                else:
-                    found[res.image_id] = _Found(res.error)
-                progress.update(task, advance=1)
-                continue
-            if res.image is None or res.detections is None:  # pragma: no cover - stream_detections sets both
-                continue
-            d = res.detections
-            h, w = res.image.shape[:2]
-            if writer is not None:
-                writer.write_image(res.image_id, res.path, w, h, d.boxes, d.scores, d.labels)
-                n_images += 1
-                n_dets += len(d)
-                for name in d.label_names:
-                    per_class[name] = per_class.get(name, 0) + 1
-            else:
-                found[res.image_id] = _Found(None, d.boxes, d.scores, d.labels, (h, w))
-            if save_images:
-                _save_annotated(res.image, d, out, res.image_id, res.path.suffix)
-            if interactive:
-                progress.update(task, advance=1, description=f"{res.path.name}: {len(d)} det")
-            elif main:
-                con.print(f"  image {k}/{len(mine)} {res.path.name}: {len(d)} detections")
-
-    timed = timing[warmup:] if len(timing) > warmup else timing
-    warmup_excluded = len(timing) > warmup
-    if world > 1:
-        # in shard order: stream_detections yields a skipped image before the batch that was pending
-        results = _gather_found([found[ids[i]] for i in mine], batch_size)
-        ranks_timing = distributed.all_gather_json(
-            {"timed": [t.to_dict() for t in timed], "excluded": warmup_excluded, "batches": len(timing)})
-        timed = [PhaseTimes(**t) for r in ranks_timing for t in r["timed"]]
-        warmup_excluded = all(r["excluded"] for r in ranks_timing if r["batches"])
-        writer_ctx = PredictionsWriter(pred_path, names) if main else contextlib.nullcontext(None)
-        with writer_ctx as all_writer:
-            for path, image_id, f in zip(paths, ids, results, strict=True):
-                if f.error is not None:
-                    skipped.append((str(path), f.error))
-                    continue
-                if all_writer is not None:
-                    all_writer.write_image(image_id, path, f.size[1], f.size[0], f.boxes, f.scores, f.labels)
-                n_images += 1
-                n_dets += len(f.labels)
-                for c in f.labels.tolist():
-                    per_class[names[c]] = per_class.get(names[c], 0) + 1
-    wall = time.perf_counter() - t_start
-
-    coco_path = None
-    if coco_json is not None and main:
-        coco_path = write_coco_results(read_predictions(pred_path, names), coco_json)
-
-    total = PhaseTimes()
-    for t in timed:
-        total.add(t)
-    summary = DetectSummary(
-        output_dir=out, predictions=pred_path, coco_json=coco_path, backend=det.describe(), images=n_images,
-        detections=n_dets, skipped=skipped, per_class=dict(sorted(per_class.items())),
-        ms_per_image=total.per_image() if total.images else {}, timed_images=total.images,
-        warmup_excluded=warmup_excluded, wall_seconds=wall, processes=world)
+    coco_path = _write_results(run, pred_path, det.class_names, coco_json) if main else None
+    summary = _summary(run, out, pred_path, coco_path, det.describe())
     if main:
         _print_summary(con, summary)
     distributed.barrier()  # every rank returns once rank 0 has written the files
     return summary
 
 
-@dataclass
-class _Found:
-    """One image of a shard: the error that skipped it, or its detections and ``(height, width)``."""
+def _run_dir(output_dir: str | Path | None, project: str | Path) -> Path:
+    """The run folder: ``output_dir``, else the next free ``project/expN`` that rank 0 picks and makes."""
+    main = distributed.is_main_process()
+    chosen = str(output_dir) if output_dir is not None else str(next_run_dir(project)) if main else ""
+    out = Path(distributed.broadcast_json(chosen))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()  # the folder exists for every rank from here on
+    return out
 
-    error: str | None
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    size: tuple[int, int] = (0, 0)
+
+def _save_result(out_dir: Path, res: ImageResult) -> None:
+    """The annotated image of one result (each process draws its own images)."""
+    if res.image is not None and res.detections is not None:
+        _save_annotated(res.image, res.detections, out_dir, res.image_id, res.path.suffix)
 
 
-def _gather_found(found: list[_Found], batch_size: int) -> list[_Found]:
-    """Every rank's per-image results, in the original path order (every rank gets all of them)."""
-    from frcnn_trt import distributed
+def _write_results(run: RunResult, pred_path: Path, class_names: Sequence[str],
+                   coco_json: str | Path | None) -> Path | None:
+    """``predictions.json`` (every readable image, in path order) and, on request, the COCO results JSON."""
+    with PredictionsWriter(pred_path, class_names) as writer:
+        for r in run.results:
+            if (d := r.detections) is not None and d.labels is not None:
+                writer.write_image(r.image_id, r.path, d.width, d.height, d.boxes, d.scores, d.labels)
+    if coco_json is None:
+        return None
+    return write_coco_results(read_predictions(pred_path, class_names), coco_json)
 
-    parts = distributed.all_gather_arrays({
-        "counts": np.array([len(f.labels) for f in found], np.int64),
-        "boxes": np.concatenate([f.boxes for f in found]).astype(np.float32, copy=False).reshape(-1, 4)
-        if found else np.zeros((0, 4), np.float32),
-        "scores": np.concatenate([f.scores for f in found]).astype(np.float32, copy=False)
-        if found else np.zeros(0, np.float32),
-        "labels": np.concatenate([f.labels for f in found]).astype(np.int64, copy=False)
-        if found else np.zeros(0, np.int64),
-        "sizes": np.array([f.size for f in found], np.int64).reshape(-1, 2)})
-    errors = distributed.all_gather_json([f.error for f in found])
-    per_rank: list[list[_Found]] = []
-    for p, errs in zip(parts, errors, strict=True):
-        ends = np.cumsum(p["counts"]).tolist()
-        items = []
-        for c, e, (h, w), err in zip(p["counts"].tolist(), ends, p["sizes"].tolist(), errs, strict=True):
-            items.append(_Found(err, p["boxes"][e - c:e], p["scores"][e - c:e], p["labels"][e - c:e],
-                                (int(h), int(w))))
-        per_rank.append(items)
-    return distributed.unshard(per_rank, chunk=batch_size)
+
+def _summary(run: RunResult, out: Path, pred_path: Path, coco_path: Path | None, backend: str) -> DetectSummary:
+    dets = run.detections
+    per_class = Counter(name for d in dets for name in d.label_names)
+    return DetectSummary(
+        output_dir=out, predictions=pred_path, coco_json=coco_path, backend=backend, images=len(dets),
+        detections=sum(len(d) for d in dets), skipped=[(str(r.path), str(r.error)) for r in run.skipped],
+        per_class=dict(sorted(per_class.items())), ms_per_image=run.ms_per_image, timed_images=run.timing.images,
+        warmup_excluded=run.warmup_excluded, wall_seconds=run.wall_seconds, processes=run.processes)
+
+
+def _print_header(con: Any, source: Any, n: int, det: Detector, out: Path, batch_size: int) -> None:
+    con.print(f"[bold]frcnn-trt detect[/] {n} image(s) from {source} with {det.describe()}")
+    con.print(f"  conf > {det.conf_thresh}, NMS {det.nms}, max {det.max_dets} per image; results → {out}")
+    world = distributed.get_world_size()
+    if world > 1:
+        mine = distributed.shard_indices(n, 0, world, chunk=batch_size)
+        con.print(f"  {world} processes (torchrun): batches of {batch_size} sharded over the ranks, "
+                  f"{len(mine)} image(s) on rank 0")
 
 
 def _print_summary(con: Any, s: DetectSummary) -> None:

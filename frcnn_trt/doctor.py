@@ -20,11 +20,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from frcnn_trt.engines.backends import BACKEND_SPECS, backend_spec
+from frcnn_trt.engines.selection import select_backend
+from frcnn_trt.engines.tensorrt import plugin
+from frcnn_trt.engines.tensorrt.kernel import nvrtc_version, ptx_entries, ptx_isa_version
+from frcnn_trt.engines.tensorrt.runtime import INSTALL_HINTS, load_tensorrt, probe_tensorrt
+from frcnn_trt.log import console as make_console
+
 __all__ = ["collect", "run_doctor"]
 
 INSTALL = {
     "torch_cuda": "pip install torch torchvision  (the PyPI wheels are CUDA builds; needs an NVIDIA driver)",
-    "onnxruntime": "pip install onnxruntime-gpu  (Linux x86-64; elsewhere: pip install onnxruntime)",
     "onnxruntime_cuda": "pip install onnxruntime-gpu, with the CUDA 12/13 and cuDNN 9 libraries it was built for "
                         "(pip install 'onnxruntime-gpu[cuda,cudnn]')",
     "nvrtc": "pip install cuda-bindings nvidia-cuda-nvrtc",
@@ -52,8 +62,6 @@ def _guard(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _check_torch() -> dict[str, Any]:
-    import torch
-
     gpus = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -72,9 +80,6 @@ def _check_torch() -> dict[str, Any]:
 
 
 def _tiny_onnx() -> bytes:
-    import onnx
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "doctor",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
@@ -88,7 +93,8 @@ def _check_onnxruntime() -> dict[str, Any]:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        return {"ok": False, "detail": f"onnxruntime is not installed ({exc})", "install": INSTALL["onnxruntime"]}
+        return {"ok": False, "detail": f"onnxruntime is not installed ({exc})",
+                "install": backend_spec("onnxruntime").install}
     listed = list(ort.get_available_providers())
     out: dict[str, Any] = {"ok": True, "version": ort.__version__, "providers_listed": listed}
     cuda: dict[str, Any] = {"listed": "CUDAExecutionProvider" in listed, "works": False}
@@ -136,9 +142,6 @@ def _build_identity(trt: Any, rtx_cc: str | None) -> int:
 
 
 def _check_tensorrt(gpu: bool) -> dict[str, Any]:
-    from frcnn_trt.engines.plugin import trt_plugin
-    from frcnn_trt.engines.trt_build import INSTALL_HINTS, load_tensorrt, probe_tensorrt
-
     info, why = probe_tensorrt("tensorrt")
     if info is None:
         return {"ok": False, "installed": False, "detail": why.split(". Install: ")[0],
@@ -154,31 +157,29 @@ def _check_tensorrt(gpu: bool) -> dict[str, Any]:
     else:
         out["can_build"] = False
         out["build_detail"] = "cannot build: no CUDA GPU visible (TensorRT builds on the GPU it targets)"
-    has_module, has_aot, status = trt_plugin.plugin_module_status("tensorrt")
-    plugin: dict[str, Any] = {"tensorrt_plugin": has_module, "aot": has_aot, "detail": status}
+    has_module, has_aot, status = plugin.plugin_module_status("tensorrt")
+    found: dict[str, Any] = {"tensorrt_plugin": has_module, "aot": has_aot, "detail": status}
     if has_module:
         try:
-            trt_plugin.register_plugin(jit=not has_aot)
-            plugin["registered"] = trt_plugin.find_creator("tensorrt") is not None
-            plugin["impls"] = sorted(trt_plugin.registered_impls())
+            plugin.register_plugin(jit=not has_aot)
+            found["registered"] = plugin.find_creator("tensorrt") is not None
+            found["impls"] = sorted(plugin.registered_impls())
         except Exception as exc:  # BackendError, or tensorrt.plugin rejecting the definition
-            plugin["registered"] = False
-            plugin["detail"] += f"; registration failed: {exc}"
-    out["plugin"] = plugin
+            found["registered"] = False
+            found["detail"] += f"; registration failed: {exc}"
+    out["plugin"] = found
     precision = ("FP16 builder flag (TensorRT 10)" if info.fp16_flag else
                  "strongly typed only: FP16 from an FP16 export (TensorRT 11)")
     out["detail"] = (f"{info.label}; {out['build_detail']}; {precision}; plugin: {status}"
-                     + ("" if plugin.get("registered", False) else " — frcnn::RoIPool NOT registered"))
-    out["ok"] = bool(out["can_build"] and plugin.get("registered", False))
+                     + ("" if found.get("registered", False) else " — frcnn::RoIPool NOT registered"))
+    out["ok"] = bool(out["can_build"] and found.get("registered", False))
     if not out["ok"]:
         out["install"] = (INSTALL_HINTS["tensorrt"] if has_aot or not has_module else
-                          f"pip install 'tensorrt-cu13>={'.'.join(map(str, trt_plugin.MIN_AOT_TENSORRT))}'")
+                          f"pip install 'tensorrt-cu13>={'.'.join(map(str, plugin.MIN_AOT_TENSORRT))}'")
     return out
 
 
 def _check_tensorrt_rtx(gpu_cc: str | None) -> dict[str, Any]:
-    from frcnn_trt.engines.trt_build import INSTALL_HINTS, load_tensorrt, probe_tensorrt
-
     info, why = probe_tensorrt("tensorrt_rtx")
     if info is None:
         return {"ok": False, "installed": False, "detail": why.split(". Install: ")[0],
@@ -199,14 +200,11 @@ def _check_tensorrt_rtx(gpu_cc: str | None) -> dict[str, Any]:
 
 
 def _check_kernel() -> dict[str, Any]:
-    from frcnn_trt.engines.plugin.kernel import nvrtc_version, ptx_entries, ptx_isa_version
-    from frcnn_trt.engines.plugin.trt_plugin import aot_kernel
-
     try:
         major, minor = nvrtc_version()
     except Exception as exc:  # BackendError naming what was searched
         return {"ok": False, "detail": f"NVRTC: {exc}", "install": INSTALL["nvrtc"]}
-    name, ptx = aot_kernel((7, 7), 1.0 / 16.0, "float32")
+    name, ptx = plugin.aot_kernel((7, 7), 1.0 / 16.0, "float32")
     text = ptx.decode()
     isa = ptx_isa_version(text)
     return {"ok": True, "nvrtc": f"{major}.{minor}", "entry": name.decode(), "ptx_bytes": len(ptx),
@@ -232,13 +230,17 @@ def _check_driver() -> dict[str, Any]:
 
 
 def _check_backends(gpu: bool) -> dict[str, Any]:
-    from frcnn_trt.engines.base import backend_availability
-
+    """Every backend of :data:`~frcnn_trt.engines.backends.BACKEND_SPECS` on each device: can it run, its
+    library's version, and the install command where that library is missing; then what ``--backend auto``
+    picks."""
     out: dict[str, Any] = {"ok": True}
     for dev in ("cpu", "cuda") if gpu else ("cpu",):
-        out[dev] = {name: {"ok": ok, "detail": why} for name, (ok, why) in backend_availability(dev).items()}
-    from frcnn_trt.engines.detector import select_backend
-
+        out[dev] = {}
+        for spec in BACKEND_SPECS:
+            ok, why = spec.availability(torch.device(dev), None)
+            version = spec.version()
+            out[dev][spec.name] = {"ok": ok, "detail": why, "version": version,
+                                   **({"install": spec.install} if version is None else {})}
     device = "cuda" if gpu else "cpu"
     name, why = select_backend("auto", device)
     out["auto"] = {"device": device, "backend": name, "why": why}
@@ -279,8 +281,6 @@ def run_doctor(*, as_json: bool = False, console: Any = None) -> dict[str, Any]:
         print(json.dumps(report, indent=2, default=str))
         return report
     if console is None:
-        from frcnn_trt.log import console as make_console
-
         console = make_console()
     console.print("[bold]frcnn-trt doctor[/]")
     for key, title in _TITLES.items():
@@ -289,11 +289,17 @@ def run_doctor(*, as_json: bool = False, console: Any = None) -> dict[str, Any]:
         console.print(f"  {mark} {title:<22} ", end="")
         console.print(str(sec.get("detail", "")), markup=False, highlight=False)
         if key == "backends":
-            for dev in ("cpu", "cuda"):
-                for name, b in (sec.get(dev) or {}).items():
-                    m = "[green]✓[/]" if b["ok"] else "[dim]·[/]"
-                    console.print(f"      {m} {name:<12} {dev:<5} ", end="")
-                    console.print(b["detail"], markup=False, highlight=False, style="dim")
+            _print_backends(console, sec)
         if sec.get("install"):
             console.print(f"      install: {sec['install']}", markup=False, highlight=False, style="yellow")
     return report
+
+
+def _print_backends(console: Any, sec: dict[str, Any]) -> None:
+    for dev in ("cpu", "cuda"):
+        for name, b in (sec.get(dev) or {}).items():
+            m = "[green]✓[/]" if b["ok"] else "[dim]·[/]"
+            console.print(f"      {m} {name:<12} {dev:<5} ", end="")
+            console.print(b["detail"], markup=False, highlight=False, style="dim")
+            if b.get("install"):
+                console.print(f"        install: {b['install']}", markup=False, highlight=False, style="yellow")

@@ -1,15 +1,17 @@
-"""py-faster-rcnn's ``im_detect`` and ``test_net`` (REFERENCE §11) on the eager torch model.
+"""py-faster-rcnn's ``im_detect`` and ``test_net`` (docs/REFERENCE.md §11).
 
 ``im_detect(model, image)`` returns per-class scores ``[R, K]`` and boxes ``[R, 4K]`` in original-image
-pixels, exactly what py-faster-rcnn's ``fast_rcnn.test.im_detect`` returns. ``test_net`` runs it over an
-imdb with the test rules (scores > 0.05, per-class NMS 0.3, at most 100 detections per image), writes the
-detections in the formats ``frcnn-trt eval`` reads, and evaluates them.
+pixels, exactly what py-faster-rcnn's ``fast_rcnn.test.im_detect`` returns. ``test_net`` runs an eager model
+over an imdb with the test rules (scores > 0.05, per-class NMS 0.3, at most 100 detections per image),
+writes the detections in the formats ``frcnn-trt eval`` reads, and evaluates them; :func:`run_test` does the
+same with any :class:`~frcnn_trt.engines.detector.Detector` (an export on ONNX Runtime or TensorRT is
+measured exactly as eager torch is). Both are thin callers of the runner
+(:class:`~frcnn_trt.engines.runner.Runner`: batches, torchrun shards, gathering).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from frcnn_trt.config import Config
+from frcnn_trt import distributed
+from frcnn_trt.config import Config, from_list, write_resolved
 from frcnn_trt.data.blob import preprocess_images
 from frcnn_trt.data.images import read_image
-from frcnn_trt.errors import FrcnnError
+from frcnn_trt.data.imdb import ImageAnnotation, Imdb
+from frcnn_trt.engines.detector import Detector
+from frcnn_trt.engines.runner import Runner, RunResult, rank_zero_first
+from frcnn_trt.errors import BackendError, CheckpointError, DatasetError, FrcnnError, ImageError
 from frcnn_trt.evaluation import (
     Detections,
     EvalResult,
@@ -30,10 +36,8 @@ from frcnn_trt.evaluation import (
     write_voc_results,
 )
 from frcnn_trt.io import atomic_write_json
-from frcnn_trt.log import get_logger
-from frcnn_trt.postprocess import detections_from_scores
-
-logger = get_logger("test")
+from frcnn_trt.model.checkpoint import load_checkpoint
+from frcnn_trt.model.faster_rcnn import FasterRCNN
 
 
 def _model_cfg(model: Any) -> tuple[Sequence[float], int, int]:
@@ -59,6 +63,8 @@ def im_detect(model: Any, image: np.ndarray | str | Path, *, pixel_means: Sequen
 
 @dataclass
 class TestOutput:
+    """What :func:`test_net` / :func:`run_test` did (``result`` is None when not evaluated, or not rank 0)."""
+
     __test__ = False
 
     detections: Detections
@@ -67,85 +73,106 @@ class TestOutput:
     seconds_per_image: float
 
 
-def iter_detections(model: Any, paths: Sequence[Path], *, cfg: Any, batch_size: int = 1,
-                    device: torch.device | None = None) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
-    """Yield ``(index, dets [D, 6] = x1 y1 x2 y2 score class, (H, W))`` per image, batch by batch."""
-    device = device or next(model.parameters()).device
-    t = cfg.TEST
-    for start in range(0, len(paths), batch_size):
-        ims = [read_image(p) for p in paths[start:start + batch_size]]
-        blob, im_info = preprocess_images(ims, cfg.PIXEL_MEANS, t.SCALES[0], t.MAX_SIZE, device)
-        orig = torch.tensor([[im.shape[0], im.shape[1]] for im in ims], dtype=torch.float32, device=device)
-        for j, (scores, boxes) in enumerate(model.im_detect(blob, im_info, orig)):
-            b, s, c = detections_from_scores(scores, boxes, score_thresh=t.SCORE_THRESH, nms_thresh=t.NMS,
-                                             max_per_image=t.MAX_PER_IMAGE)
-            dets = torch.cat([b, s[:, None], c[:, None].to(b.dtype)], 1).cpu().numpy()
-            yield start + j, dets, (ims[j].shape[0], ims[j].shape[1])
+def test_net(model: FasterRCNN, imdb: Imdb, cfg: Config, output_dir: str | Path, *, batch_size: int = 1,
+             evaluate: bool = True, max_images: int | None = None, threads: int = 1,
+             console: Any = None) -> TestOutput:
+    """py-faster-rcnn's test_net on an eager model: :func:`run_test` with ``model`` on the torch backend, on
+    the model's device, with ``cfg``'s test settings (TEST.SCALES[0], MAX_SIZE, SCORE_THRESH, NMS,
+    MAX_PER_IMAGE)."""
+    device = next(model.parameters()).device
+    distributed.init_distributed(device)  # under torchrun: join the process group
+    det = Detector.from_model(model, cfg, imdb.classes, device=device)
+    return run_test(det, imdb, output_dir, batch_size=batch_size, evaluate=evaluate, max_images=max_images,
+                    threads=threads, console=console)
 
 
-def test_net(model: Any, imdb: Any, cfg: Any, output_dir: str | Path, *, batch_size: int = 1,
-             evaluate: bool = True, max_images: int | None = None) -> TestOutput:
-    """Detect on every image of ``imdb``, write results (per-class VOC files + predictions.json), evaluate.
+def run_test(det: Detector, imdb: Imdb, output_dir: str | Path, *, batch_size: int = 1, evaluate: bool = True,
+             max_images: int | None = None, threads: int = 1, console: Any = None) -> TestOutput:
+    """Detect on every image of ``imdb`` with ``det`` (any backend), write the results (per-class VOC files,
+    predictions.json) and evaluate them (eval.json).
 
-    Under torchrun every rank detects on its shard of the images (every W-th batch of ``batch_size``, so the
+    Under torchrun every rank detects its shard of the images (every W-th batch of ``batch_size``, so the
     batches are those of one process); the detections are gathered on every rank, and rank 0 writes the
     files a single process would write and evaluates (``result`` is None on the other ranks).
     """
-    from frcnn_trt import distributed
-
     out = Path(output_dir)
-    model.eval()
-    device = next(model.parameters()).device
-    distributed.init_distributed(device)
-    world, rank = distributed.get_world_size(), distributed.get_rank()
+    annotations = _test_annotations(det, imdb, evaluate, max_images)
+    runner = Runner(det, batch_size=batch_size, threads=threads, label="test", console=console, log_every=100)
+    run = runner.run([a.path for a in annotations], [a.image_id for a in annotations])
+    if run.skipped:
+        raise ImageError(f"{len(run.skipped)} image(s) of {imdb.name} cannot be read: "
+                         + "; ".join(str(r.error) for r in run.skipped[:5]))
+    dets = Detections()
+    for d in run.detections:
+        dets.add(d.image_id, d.boxes, d.scores, d.labels)  # type: ignore[arg-type]
+    spi = run.wall_seconds / max(len(annotations), 1)
+    if not distributed.is_main_process():
+        return TestOutput(dets, None, out, spi)
+    result = _write_and_evaluate(run, dets, annotations, imdb, out, evaluate)
+    return TestOutput(dets, result, out, spi)
+
+
+def _test_annotations(det: Detector, imdb: Imdb, evaluate: bool, max_images: int | None) -> list[ImageAnnotation]:
+    """The images to test on, after checking that they can be evaluated with this detector's classes."""
+    if list(det.class_names) != list(imdb.classes):
+        raise DatasetError(f"the detector knows classes {list(det.class_names[1:])} but {imdb.name} has "
+                           f"{list(imdb.classes[1:])}")
     annotations = imdb.annotations()
     if max_images is not None:
         annotations = annotations[:max_images]
     if evaluate and not any(a.num_objects for a in annotations):
         raise FrcnnError(f"imdb {imdb.name} has no ground truth to evaluate against")
+    return list(annotations)
+
+
+def _write_and_evaluate(run: RunResult, dets: Detections, annotations: list[ImageAnnotation], imdb: Imdb,
+                        out: Path, evaluate: bool) -> EvalResult | None:
+    """predictions.json, the per-class results files and (``evaluate``) eval.json, in ``out``."""
     names = list(imdb.classes)
-    t0 = time.perf_counter()
-    mine = distributed.shard_indices(len(annotations), rank, world, chunk=batch_size)
-    found: list[tuple[np.ndarray, tuple[int, int]]] = []
-    for k, d, hw in iter_detections(model, [annotations[i].path for i in mine], cfg=cfg, batch_size=batch_size,
-                                    device=device):
-        found.append((d, hw))
-        if (k + 1) % 100 == 0:
-            logger.info("im_detect: %d/%d%s", k + 1, len(mine), f" (rank 0 of {world})" if world > 1 else "")
-    results = _gather_detections(found, batch_size)
-    spi = (time.perf_counter() - t0) / max(len(annotations), 1)
-    dets = Detections()
-    for a, (d, _) in zip(annotations, results, strict=True):
-        dets.add(a.image_id, d[:, :4], d[:, 4], d[:, 5].astype(np.int64))
-    if rank != 0:
-        return TestOutput(dets, None, out, spi)
     out.mkdir(parents=True, exist_ok=True)
     with PredictionsWriter(out / "predictions.json", names) as writer:
-        for a, (d, (h, w)) in zip(annotations, results, strict=True):
-            writer.write(prediction_record(a.image_id, a.path, w, h, d[:, :4], d[:, 4], d[:, 5].astype(np.int64),
-                                           names))
+        for r in run.results:  # every image was read (run_test checked)
+            d = r.detections
+            if d is not None and d.labels is not None:
+                writer.write(prediction_record(r.image_id, r.path, d.width, d.height, d.boxes, d.scores, d.labels,
+                                               names))
     write_voc_results(dets, out / "results", names, image_ids=[a.image_id for a in annotations])
-    result = None
-    if evaluate:
-        result = evaluate_voc(annotations, dets, names, use_07_metric=imdb.use_07_metric)
-        atomic_write_json(out / "eval.json", result.to_json())
-    return TestOutput(dets, result, out, spi)
+    if not evaluate:
+        return None
+    result = evaluate_voc(annotations, dets, names, use_07_metric=imdb.use_07_metric)
+    atomic_write_json(out / "eval.json", result.to_json())
+    return result
 
 
-def _gather_detections(found: list[tuple[np.ndarray, tuple[int, int]]],
-                       batch_size: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
-    """Every rank's ``(dets [D, 6], (H, W))`` per image, in the original image order."""
-    from frcnn_trt import distributed
+def run_test_checkpoint(checkpoint: str | Path, imdb: Imdb, output_dir: str | Path | None = None, *,
+                        overrides: Sequence[str] = (), backend: str = "torch", device: str | None = None,
+                        batch_size: int = 1, max_images: int | None = None, console: Any = None) -> TestOutput:
+    """:func:`test_net` on a checkpoint (eager torch), its config with py-faster-rcnn's ``--set`` ``overrides``
+    applied and written next to the results (default folder: ``test_<imdb>`` next to the checkpoint)."""
+    path = Path(checkpoint)
+    if backend not in ("auto", "torch"):
+        raise BackendError(f"backend {backend!r} runs an export folder, not a checkpoint: run `frcnn-trt export "
+                           f"{path}` and test the export, or use the torch backend")
+    model, info = load_checkpoint(path, distributed.resolve_device(device))
+    if not isinstance(model, FasterRCNN):  # pragma: no cover - load_checkpoint builds a FasterRCNN
+        raise CheckpointError(f"{path} does not hold a FasterRCNN")
+    cfg = from_list(list(overrides), model.cfg)
+    model.configure(cfg)
+    if list(imdb.classes) != list(info.class_names):
+        raise DatasetError(f"{path} was trained on classes {info.class_names[1:]} but {imdb.name} has "
+                           f"{list(imdb.classes[1:])}")
+    out = Path(output_dir) if output_dir is not None else path.parent / f"test_{imdb.name}"
+    write_resolved(cfg, out)
+    return test_net(model, imdb, cfg, out, batch_size=batch_size, max_images=max_images, console=console)
 
-    if distributed.get_world_size() == 1:
-        return found
-    parts = distributed.all_gather_arrays({
-        "counts": np.array([len(d) for d, _ in found], np.int64),
-        "dets": np.concatenate([d for d, _ in found]) if found else np.zeros((0, 6), np.float32),
-        "sizes": np.array([hw for _, hw in found], np.int64).reshape(-1, 2)})
-    per_rank = []
-    for p in parts:
-        ends = np.cumsum(p["counts"])
-        per_rank.append([(p["dets"][e - c:e], (int(h), int(w)))
-                         for c, e, (h, w) in zip(p["counts"], ends, p["sizes"], strict=True)])
-    return distributed.unshard(per_rank, chunk=batch_size)
+
+def run_test_export(directory: str | Path, imdb: Imdb, output_dir: str | Path | None = None, *,
+                    backend: str = "auto", device: str | None = None, batch_size: int = 1,
+                    max_images: int | None = None, console: Any = None) -> TestOutput:
+    """:func:`run_test` on an export run by ``backend`` (test settings: its export.json; default folder:
+    ``test_<imdb>_<export>_<backend>`` next to the export). Under torchrun rank 0 opens it first (engine caches)."""
+    export = Path(directory)
+    det = rank_zero_first(lambda: Detector.from_export(export, backend, device=device))
+    default = export.parent / f"test_{imdb.name}_{export.name}_{det.backend.name}"
+    out = Path(output_dir) if output_dir is not None else default
+    return run_test(det, imdb, out, batch_size=batch_size, max_images=max_images, console=console)

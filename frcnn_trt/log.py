@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 LOGGER_NAME = "frcnn_trt"
 
@@ -31,10 +31,8 @@ class IterationProgress:
     """A rich progress bar over iterations on a terminal; nothing when stderr is not one (CI, logs, files)."""
 
     def __init__(self, label: str, total: int, start: int = 0, enabled: bool = True) -> None:
-        self._progress: Any = None
+        self._progress: Progress | None = None
         if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
                                       console=stderr_console(), transient=True)
@@ -54,6 +52,10 @@ class IterationProgress:
             self._progress.stop()
 
 
+#: the name of the one handler :func:`setup_logging` installs (and replaces when called again)
+_HANDLER_NAME = "frcnn_trt.console"
+
+
 def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
@@ -63,7 +65,7 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     for h in list(logger.handlers):
-        if getattr(h, "_frcnn_trt", False):
+        if h.get_name() == _HANDLER_NAME:
             logger.removeHandler(h)
     handler: logging.Handler
     if sys.stderr.isatty():
@@ -73,7 +75,7 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-    handler._frcnn_trt = True  # type: ignore[attr-defined]
+    handler.set_name(_HANDLER_NAME)
     logger.addHandler(handler)
     return logger
 

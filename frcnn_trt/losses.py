@@ -1,4 +1,4 @@
-"""py-faster-rcnn's four training losses with Caffe's normalisations (REFERENCE §4, §6).
+"""py-faster-rcnn's four training losses with Caffe's normalisations (docs/REFERENCE.md §4, §6).
 
 Glossary of shape letters:
 

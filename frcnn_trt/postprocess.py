@@ -1,4 +1,4 @@
-"""Test-time detection post-processing (``lib/fast_rcnn/test.py``, REFERENCE §11).
+"""Test-time detection post-processing (``lib/fast_rcnn/test.py``, docs/REFERENCE.md §11).
 
 Glossary of shape letters:
 

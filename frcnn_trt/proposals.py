@@ -1,4 +1,4 @@
-"""py-faster-rcnn's proposal layer (``lib/rpn/proposal_layer.py``, REFERENCE §5), batched over images.
+"""py-faster-rcnn's proposal layer (``lib/rpn/proposal_layer.py``, docs/REFERENCE.md §5), batched over images.
 
 Glossary of shape letters:
 
@@ -7,11 +7,11 @@ Glossary of shape letters:
 - ``R``: proposals kept over the whole batch (sorted by image, then by descending score).
 - ``im_info [N, 3]``: ``(blob_h, blob_w, im_scale)`` of each image (the scaled, unpadded image size).
 
-Per image, exactly as the original: decode every anchor (float32) → clip to ``(blob_h, blob_w)`` → drop
-boxes narrower or shorter than ``min_size · im_scale`` (+1 widths) → sort by foreground score, descending
-→ keep the first ``pre_nms_top_n`` if it is > 0 → NMS (IoU > ``nms_thresh`` suppressed, +1 geometry) →
-keep the first ``post_nms_top_n`` if it is > 0. Output rois ``[R, 5]`` = ``(batch_idx, x1, y1, x2, y2)``
-and scores ``[R, 1]``, both float32.
+Per image, exactly as the original (the settings are a :class:`ProposalSettings`): decode every anchor
+(float32) → clip to ``(blob_h, blob_w)`` → drop boxes narrower or shorter than ``min_size · im_scale`` (+1
+widths) → sort by foreground score, descending → keep the first ``pre_nms_top_n`` if it is > 0 → NMS (IoU >
+``nms_thresh`` suppressed, +1 geometry) → keep the first ``post_nms_top_n`` if it is > 0. Output rois
+``[R, 5]`` = ``(batch_idx, x1, y1, x2, y2)`` and scores ``[R, 1]``, both float32.
 
 Vectorised: one row-wise sort for all images, one batched NMS with the image index as the group (run on a
 growing prefix of each image's ranking when ``post_nms_top_n`` caps the output — exact, see
@@ -21,17 +21,54 @@ growing prefix of each image's ranking when ``post_nms_top_n`` caps the output �
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from frcnn_trt.anchors import AnchorGenerator, rpn_bbox_to_anchor_order, rpn_fg_scores_to_anchor_order
+from frcnn_trt.anchors import (
+    AnchorGenerator,
+    AnchorSettings,
+    rpn_bbox_to_anchor_order,
+    rpn_fg_scores_to_anchor_order,
+)
 from frcnn_trt.boxes import _nms_in_order, bbox_transform_inv, clip_boxes
+from frcnn_trt.config import Config
 from frcnn_trt.errors import ModelError
 
-__all__ = ["ProposalLayer", "decode_proposals", "proposal_layer"]
+__all__ = ["ProposalLayer", "ProposalSettings", "decode_proposals", "proposal_layer"]
+
+PHASES = ("TRAIN", "TEST")
+
+
+@dataclass(frozen=True)
+class ProposalSettings:
+    """The proposal layer's settings; the defaults are py-faster-rcnn's TEST block (6000 / 300 / 0.7 / 16).
+
+    ``pre_nms_top_n`` / ``post_nms_top_n``: candidates kept before / after NMS per image (≤ 0: no cap);
+    ``nms_thresh``: IoU above which NMS suppresses; ``min_size``: least box side, in original-image pixels
+    (multiplied by each image's scale).
+    """
+
+    pre_nms_top_n: int = 6000
+    post_nms_top_n: int = 300
+    nms_thresh: float = 0.7
+    min_size: float = 16.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pre_nms_top_n", int(self.pre_nms_top_n))
+        object.__setattr__(self, "post_nms_top_n", int(self.post_nms_top_n))
+        object.__setattr__(self, "nms_thresh", float(self.nms_thresh))
+        object.__setattr__(self, "min_size", float(self.min_size))
+
+    @classmethod
+    def from_config(cls, cfg: Config, phase: str = "TEST") -> ProposalSettings:
+        """From ``cfg.<phase>.RPN_{PRE,POST}_NMS_TOP_N``, ``RPN_NMS_THRESH``, ``RPN_MIN_SIZE``; ``phase`` is
+        ``"TRAIN"`` or ``"TEST"`` (the original's ``str(self.phase)``)."""
+        if phase not in PHASES:
+            raise ModelError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}")
+        block = cfg.TRAIN if phase == "TRAIN" else cfg.TEST
+        return cls(block.RPN_PRE_NMS_TOP_N, block.RPN_POST_NMS_TOP_N, block.RPN_NMS_THRESH, block.RPN_MIN_SIZE)
 
 
 def _check_im_info(im_info: Tensor, n: int) -> None:
@@ -45,18 +82,13 @@ def decode_proposals(
     deltas: Tensor,
     anchors: Tensor,
     im_info: Tensor,
-    *,
-    pre_nms_top_n: int,
-    post_nms_top_n: int,
-    nms_thresh: float,
-    min_size: float,
+    settings: ProposalSettings,
 ) -> tuple[Tensor, Tensor]:
     """Proposals from per-anchor outputs in anchor order.
 
     ``scores_fg [N, M]`` (foreground probability), ``deltas [N, M, 4]``, ``anchors [M, 4]``,
-    ``im_info [N, 3]`` → ``(rois [R, 5], scores [R, 1])`` float32 on the inputs' device.
-    ``pre_nms_top_n`` / ``post_nms_top_n`` ≤ 0 mean no cap. This is the post-processing every backend
-    shares (an exported RPN's outputs go through here too).
+    ``im_info [N, 3]`` → ``(rois [R, 5], scores [R, 1])`` float32 on the inputs' device. This is the
+    post-processing every backend shares (an exported RPN's outputs go through here too).
     """
     if scores_fg.dim() != 2:
         raise ModelError(f"scores_fg must be [N, M], got {tuple(scores_fg.shape)}")
@@ -79,7 +111,7 @@ def decode_proposals(
     # 3. min-size filter (+1 widths), threshold min_size · im_scale in float32 like the original
     ws = boxes[..., 2] - boxes[..., 0] + 1
     hs = boxes[..., 3] - boxes[..., 1] + 1
-    min_sz = (info[:, 2] * min_size).unsqueeze(1)  # [N, 1]
+    min_sz = (info[:, 2] * settings.min_size).unsqueeze(1)  # [N, 1]
     valid = (ws >= min_sz) & (hs >= min_sz)  # [N, M]
 
     # 4. sort by score (stable, descending), valid boxes first
@@ -90,6 +122,7 @@ def decode_proposals(
     n_cand = valid.sum(dim=1)  # [N]
 
     # 5. pre-NMS cap
+    pre_nms_top_n, post_nms_top_n = settings.pre_nms_top_n, settings.post_nms_top_n
     if pre_nms_top_n > 0:
         order = order[:, : min(pre_nms_top_n, m)]
         n_cand = n_cand.clamp(max=pre_nms_top_n)
@@ -103,9 +136,9 @@ def decode_proposals(
     # 6. NMS per image (rows are already in priority order within each image)
     if post_nms_top_n > 0:
         rank = torch.arange(t, device=dev).unsqueeze(0).expand(n, t)[cand]
-        keep = _nms_prefix(cand_boxes, img, rank, n_cand, n, nms_thresh, post_nms_top_n)
+        keep = _nms_prefix(cand_boxes, img, rank, n_cand, n, settings.nms_thresh, post_nms_top_n)
     else:
-        keep = _nms_in_order(cand_boxes, nms_thresh, img)  # ascending: still (image, rank) order
+        keep = _nms_in_order(cand_boxes, settings.nms_thresh, img)  # ascending: still (image, rank) order
 
     # 7. post-NMS cap: position of each kept box within its image
     if post_nms_top_n > 0 and keep.numel() > 0:
@@ -154,38 +187,21 @@ def proposal_layer(
     rpn_cls_prob: Tensor,
     rpn_bbox_pred: Tensor,
     im_info: Tensor,
-    *,
-    pre_nms_top_n: int,
-    post_nms_top_n: int,
-    nms_thresh: float,
-    min_size: float,
-    feat_stride: int = 16,
-    anchor_scales: Sequence[float] = (8, 16, 32),
-    anchor_ratios: Sequence[float] = (0.5, 1, 2),
+    settings: ProposalSettings,
+    anchors: AnchorSettings | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Proposals from py-faster-rcnn blob layouts.
 
     ``rpn_cls_prob (N, 2A, H, W)`` (softmax output, fg in channels ``A..2A-1``), ``rpn_bbox_pred
     (N, 4A, H, W)`` (channel ``4a + k``), ``im_info [N, 3]`` → ``(rois [R, 5], scores [R, 1])``.
-    Builds the anchors on every call; :class:`ProposalLayer` caches them.
+    Builds the anchors (default :class:`~frcnn_trt.anchors.AnchorSettings`) on every call; :class:`ProposalLayer`
+    caches them.
     """
-    gen = AnchorGenerator(feat_stride=feat_stride, anchor_scales=anchor_scales, anchor_ratios=anchor_ratios)
-    return _blobs_to_proposals(
-        gen, rpn_cls_prob, rpn_bbox_pred, im_info, pre_nms_top_n=pre_nms_top_n,
-        post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size,
-    )
+    return _blobs_to_proposals(AnchorGenerator(anchors), rpn_cls_prob, rpn_bbox_pred, im_info, settings)
 
 
 def _blobs_to_proposals(
-    gen: AnchorGenerator,
-    rpn_cls_prob: Tensor,
-    rpn_bbox_pred: Tensor,
-    im_info: Tensor,
-    *,
-    pre_nms_top_n: int,
-    post_nms_top_n: int,
-    nms_thresh: float,
-    min_size: float,
+    gen: AnchorGenerator, rpn_cls_prob: Tensor, rpn_bbox_pred: Tensor, im_info: Tensor, settings: ProposalSettings
 ) -> tuple[Tensor, Tensor]:
     a = gen.num_anchors
     if rpn_cls_prob.dim() != 4 or rpn_cls_prob.shape[1] != 2 * a:
@@ -196,63 +212,40 @@ def _blobs_to_proposals(
                          f"{tuple(rpn_bbox_pred.shape)}")
     anchors = gen(h, w, device=rpn_cls_prob.device)
     return decode_proposals(
-        rpn_fg_scores_to_anchor_order(rpn_cls_prob), rpn_bbox_to_anchor_order(rpn_bbox_pred), anchors,
-        im_info,
-        pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh, min_size=min_size,
+        rpn_fg_scores_to_anchor_order(rpn_cls_prob), rpn_bbox_to_anchor_order(rpn_bbox_pred), anchors, im_info,
+        settings,
     )
 
 
 class ProposalLayer(nn.Module):
     """``forward(rpn_cls_prob (N, 2A, H, W), rpn_bbox_pred (N, 4A, H, W), im_info [N, 3])`` →
-    ``(rois [R, 5], scores [R, 1])``; see the module docstring. Anchors are cached per map size.
+    ``(rois [R, 5], scores [R, 1])``; see the module docstring.
 
-    Defaults are py-faster-rcnn's TEST settings (6000 / 300 / 0.7 / 16); :meth:`from_config` picks the
-    TRAIN or TEST block like the original's ``str(self.phase)``.
+    ``settings``: a :class:`ProposalSettings` (default: py-faster-rcnn's TEST block); ``anchor_generator``:
+    the anchors, cached per map size (default: :class:`~frcnn_trt.anchors.AnchorSettings`'s). :meth:`from_config`
+    picks the TRAIN or TEST block like the original's ``str(self.phase)``.
     """
 
     def __init__(
-        self,
-        *,
-        feat_stride: int = 16,
-        anchor_scales: Sequence[float] = (8, 16, 32),
-        anchor_ratios: Sequence[float] = (0.5, 1, 2),
-        pre_nms_top_n: int = 6000,
-        post_nms_top_n: int = 300,
-        nms_thresh: float = 0.7,
-        min_size: float = 16,
+        self, settings: ProposalSettings | None = None, anchor_generator: AnchorGenerator | None = None
     ) -> None:
         super().__init__()
-        self.anchor_generator = AnchorGenerator(
-            feat_stride=feat_stride, anchor_scales=anchor_scales, anchor_ratios=anchor_ratios
-        )
-        self.pre_nms_top_n = int(pre_nms_top_n)
-        self.post_nms_top_n = int(post_nms_top_n)
-        self.nms_thresh = float(nms_thresh)
-        self.min_size = float(min_size)
+        self.settings = settings if settings is not None else ProposalSettings()
+        self.anchor_generator = anchor_generator if anchor_generator is not None else AnchorGenerator()
 
     @classmethod
-    def from_config(cls, cfg: Any, phase: str = "TEST") -> ProposalLayer:
-        """Build from ``cfg.MODEL.*`` and ``cfg.<phase>.RPN_{PRE,POST}_NMS_TOP_N``, ``RPN_NMS_THRESH``,
-        ``RPN_MIN_SIZE``."""
-        if phase not in ("TRAIN", "TEST"):
-            raise ModelError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}")
-        block = getattr(cfg, phase)
-        return cls(
-            feat_stride=cfg.MODEL.FEAT_STRIDE,
-            anchor_scales=cfg.MODEL.ANCHOR_SCALES,
-            anchor_ratios=cfg.MODEL.ANCHOR_RATIOS,
-            pre_nms_top_n=block.RPN_PRE_NMS_TOP_N,
-            post_nms_top_n=block.RPN_POST_NMS_TOP_N,
-            nms_thresh=block.RPN_NMS_THRESH,
-            min_size=block.RPN_MIN_SIZE,
-        )
+    def from_config(cls, cfg: Config, phase: str = "TEST") -> ProposalLayer:
+        """Build from ``cfg.MODEL`` (anchors) and ``cfg.<phase>`` (:meth:`ProposalSettings.from_config`)."""
+        return cls(ProposalSettings.from_config(cfg, phase), AnchorGenerator.from_config(cfg))
+
+    def with_settings(self, settings: ProposalSettings) -> ProposalLayer:
+        """A layer with other settings that shares this one's anchors (and their cache)."""
+        return ProposalLayer(settings, self.anchor_generator)
 
     def forward(self, rpn_cls_prob: Tensor, rpn_bbox_pred: Tensor, im_info: Tensor) -> tuple[Tensor, Tensor]:
-        return _blobs_to_proposals(
-            self.anchor_generator, rpn_cls_prob, rpn_bbox_pred, im_info, pre_nms_top_n=self.pre_nms_top_n,
-            post_nms_top_n=self.post_nms_top_n, nms_thresh=self.nms_thresh, min_size=self.min_size,
-        )
+        return _blobs_to_proposals(self.anchor_generator, rpn_cls_prob, rpn_bbox_pred, im_info, self.settings)
 
     def extra_repr(self) -> str:
-        return (f"pre_nms_top_n={self.pre_nms_top_n}, post_nms_top_n={self.post_nms_top_n}, "
-                f"nms_thresh={self.nms_thresh}, min_size={self.min_size}")
+        s = self.settings
+        return (f"pre_nms_top_n={s.pre_nms_top_n}, post_nms_top_n={s.post_nms_top_n}, nms_thresh={s.nms_thresh}, "
+                f"min_size={s.min_size}")

@@ -9,6 +9,7 @@ import torch
 
 from frcnn_trt.anchors import (
     AnchorGenerator,
+    AnchorSettings,
     rpn_bbox_to_anchor_order,
     rpn_cls_to_anchor_order,
     rpn_fg_scores_to_anchor_order,
@@ -69,9 +70,9 @@ def test_blob_layouts_to_anchor_order() -> None:
 
 
 def test_anchor_base_size_is_independent_of_stride() -> None:
-    gen = AnchorGenerator(feat_stride=8)  # py-faster-rcnn: base size 16 whatever the stride
+    gen = AnchorGenerator(AnchorSettings(feat_stride=8))  # py-faster-rcnn: base size 16 whatever the stride
     grid = gen(1, 2)
     assert torch.equal(grid[:9], generate_anchors())
     assert torch.equal(grid[9:], generate_anchors() + torch.tensor([8.0, 0.0, 8.0, 0.0]))
-    assert torch.equal(AnchorGenerator(base_size=8, anchor_ratios=(1,), anchor_scales=(1,))(1, 1),
+    assert torch.equal(AnchorGenerator(AnchorSettings(base_size=8, ratios=(1,), scales=(1,)))(1, 1),
                        torch.tensor([[0.0, 0.0, 7.0, 7.0]]))

@@ -1,4 +1,4 @@
-"""Box maths against REFERENCE §2/§3/§5 hand values and slow loop references."""
+"""Box maths against docs/REFERENCE.md §2/§3/§5 hand values and slow loop references."""
 
 from __future__ import annotations
 

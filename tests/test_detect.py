@@ -11,7 +11,7 @@ from PIL import Image
 
 from frcnn_trt.detect import iter_image_paths, next_run_dir, run_detect
 from frcnn_trt.errors import DatasetError, FrcnnError
-from frcnn_trt.evaluation.detections import read_coco_results, read_predictions
+from frcnn_trt.evaluation import read_coco_results, read_predictions
 from frcnn_trt.export.parity import synthetic_images
 from frcnn_trt.log import console
 
@@ -90,7 +90,7 @@ def test_sources_and_errors(folder: Path, tmp_path: Path, exported: tuple[Path, 
 
 
 def test_image_ids_are_unique_even_with_suffix_like_stems() -> None:
-    from frcnn_trt.detect import _unique_ids
+    from frcnn_trt.engines.runner import unique_image_ids
 
-    ids = _unique_ids([Path("a.jpg"), Path("x/a.png"), Path("a_2.jpg"), Path("b.jpg")])
+    ids = unique_image_ids([Path("a.jpg"), Path("x/a.png"), Path("a_2.jpg"), Path("b.jpg")])
     assert ids == ["a", "a_2", "a_2_2", "b"] and len(set(ids)) == 4

@@ -1,4 +1,4 @@
-"""Caffe SmoothL1 / SoftmaxWithLoss values and py-faster-rcnn normalisations (REFERENCE §4, §6)."""
+"""Caffe SmoothL1 / SoftmaxWithLoss values and py-faster-rcnn normalisations (docs/REFERENCE.md §4, §6)."""
 
 from __future__ import annotations
 

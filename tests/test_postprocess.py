@@ -1,4 +1,4 @@
-"""Test-time post-processing (REFERENCE §11): thresholds, per-class NMS, max-per-image with ties."""
+"""Test-time post-processing (docs/REFERENCE.md §11): thresholds, per-class NMS, max-per-image with ties."""
 
 from __future__ import annotations
 

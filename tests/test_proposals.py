@@ -1,4 +1,4 @@
-"""Proposal layer (REFERENCE §5): a hand-built case and a per-image NumPy loop reference."""
+"""Proposal layer (docs/REFERENCE.md §5): a hand-built case and a per-image NumPy loop reference."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from frcnn_trt.anchors import shifted_anchors
+from frcnn_trt.anchors import AnchorSettings, shifted_anchors
 from frcnn_trt.boxes import generate_anchors
 from frcnn_trt.errors import ModelError
-from frcnn_trt.proposals import ProposalLayer, decode_proposals, proposal_layer
+from frcnn_trt.proposals import ProposalLayer, ProposalSettings, decode_proposals, proposal_layer
 
 HAND_ANCHORS = torch.tensor(
     [
@@ -34,8 +34,7 @@ def hand(
     n = len(im_info)
     s = HAND_SCORES.expand(n, 5) if scores is None else scores
     return decode_proposals(s, torch.zeros(n, 5, 4), HAND_ANCHORS, torch.tensor(im_info),
-                            pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh,
-                            min_size=16)
+                            ProposalSettings(pre_nms_top_n, post_nms_top_n, nms_thresh, min_size=16))
 
 
 def test_hand_case_filter_clip_sort_nms() -> None:
@@ -81,7 +80,7 @@ def reference_one_image(
     fg: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, info: np.ndarray, pre: int, post: int,
     thresh: float, min_size: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image NumPy float32 version of lib/rpn/proposal_layer.py forward (written from REFERENCE §3/§5)."""
+    """Per-image NumPy float32 version of lib/rpn/proposal_layer.py forward (written from docs/REFERENCE.md §3/§5)."""
     boxes = np.zeros_like(deltas)
     for i in range(anchors.shape[0]):
         w = anchors[i, 2] - anchors[i, 0] + np.float32(1)
@@ -131,8 +130,8 @@ def test_proposal_layer_matches_reference_two_images(pre: int, post: int, thresh
     bbox_pred = torch.randn(2, 4 * a, h, w, generator=gen) * 0.3
     im_info = torch.tensor([[96.0, 112.0, 1.0], [80.0, 100.0, 0.8]])
     rois, scores = proposal_layer(
-        cls_prob, bbox_pred, im_info, pre_nms_top_n=pre, post_nms_top_n=post, nms_thresh=thresh,
-        min_size=16, anchor_scales=scales,
+        cls_prob, bbox_pred, im_info, ProposalSettings(pre_nms_top_n=pre, post_nms_top_n=post, nms_thresh=thresh,
+                                                       min_size=16), AnchorSettings(scales=scales),
     )
     anchors = shifted_anchors(generate_anchors(16, (0.5, 1, 2), scales), h, w).numpy()
     total = 0
@@ -161,15 +160,15 @@ def test_proposal_layer_module_and_config() -> None:
     )
     train = ProposalLayer.from_config(cfg, "TRAIN")
     test = ProposalLayer.from_config(cfg)
-    assert (train.pre_nms_top_n, train.post_nms_top_n) == (12000, 2000)
-    assert (test.pre_nms_top_n, test.post_nms_top_n) == (6000, 300)
+    assert (train.settings.pre_nms_top_n, train.settings.post_nms_top_n) == (12000, 2000)
+    assert (test.settings.pre_nms_top_n, test.settings.post_nms_top_n) == (6000, 300)
     gen = torch.Generator().manual_seed(1)
     cls_prob = torch.rand(1, 18, 10, 12, generator=gen)
     bbox_pred = torch.randn(1, 36, 10, 12, generator=gen) * 0.2
     im_info = torch.tensor([[160.0, 192.0, 1.0]])
     rois, scores = test(cls_prob, bbox_pred, im_info)
-    r2, s2 = proposal_layer(cls_prob, bbox_pred, im_info, pre_nms_top_n=6000, post_nms_top_n=300,
-                            nms_thresh=0.7, min_size=16)
+    r2, s2 = proposal_layer(cls_prob, bbox_pred, im_info, ProposalSettings(pre_nms_top_n=6000, post_nms_top_n=300,
+                                                                           nms_thresh=0.7, min_size=16))
     assert torch.equal(rois, r2) and torch.equal(scores, s2)
     assert torch.all(scores[:-1] >= scores[1:])
     with pytest.raises(ModelError):
@@ -180,12 +179,11 @@ def test_proposal_layer_module_and_config() -> None:
 
 def test_no_gradient_and_empty() -> None:
     prob = torch.rand(1, 18, 2, 2, requires_grad=True)
-    rois, scores = proposal_layer(prob, torch.zeros(1, 36, 2, 2), torch.tensor([[32.0, 32.0, 1.0]]),
-                                  pre_nms_top_n=10, post_nms_top_n=5, nms_thresh=0.7, min_size=16)
+    settings = ProposalSettings(pre_nms_top_n=10, post_nms_top_n=5, nms_thresh=0.7, min_size=16)
+    rois, scores = proposal_layer(prob, torch.zeros(1, 36, 2, 2), torch.tensor([[32.0, 32.0, 1.0]]), settings)
     assert not rois.requires_grad and not scores.requires_grad
     # everything filtered: min size larger than the image
-    rois, scores = proposal_layer(prob, torch.zeros(1, 36, 2, 2), torch.tensor([[32.0, 32.0, 10.0]]),
-                                  pre_nms_top_n=10, post_nms_top_n=5, nms_thresh=0.7, min_size=16)
+    rois, scores = proposal_layer(prob, torch.zeros(1, 36, 2, 2), torch.tensor([[32.0, 32.0, 10.0]]), settings)
     assert rois.shape == (0, 5) and scores.shape == (0, 1)
 
 
@@ -198,7 +196,7 @@ def test_post_cap_prefix_nms_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     bbox_pred = torch.randn(2, 36, h, w, generator=gen) * 0.2
     im_info = torch.tensor([[240.0, 320.0, 1.0], [200.0, 300.0, 0.5]])
     args: dict[str, Any] = {"pre_nms_top_n": -1, "nms_thresh": 0.7, "min_size": 16}
-    full, full_scores = proposal_layer(cls_prob, bbox_pred, im_info, post_nms_top_n=-1, **args)
+    full, full_scores = proposal_layer(cls_prob, bbox_pred, im_info, ProposalSettings(post_nms_top_n=-1, **args))
     sizes = []
     original = proposals_mod._nms_in_order
 
@@ -207,7 +205,7 @@ def test_post_cap_prefix_nms_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
         return original(boxes, thresh, idxs)
 
     monkeypatch.setattr(proposals_mod, "_nms_in_order", counting)
-    capped, capped_scores = proposal_layer(cls_prob, bbox_pred, im_info, post_nms_top_n=300, **args)
+    capped, capped_scores = proposal_layer(cls_prob, bbox_pred, im_info, ProposalSettings(post_nms_top_n=300, **args))
     assert len(sizes) >= 2  # the prefix had to grow at least once
     for i in range(2):
         mine, ref = capped[capped[:, 0] == i], full[full[:, 0] == i][:300]
@@ -228,8 +226,8 @@ def test_cuda_matches_cpu() -> None:
     bbox_pred = torch.randn(2, 36, 12, 14, generator=gen) * 0.3
     im_info = torch.tensor([[192.0, 224.0, 1.0], [160.0, 200.0, 0.8]])
     args: dict[str, Any] = {"pre_nms_top_n": 500, "post_nms_top_n": 100, "nms_thresh": 0.7, "min_size": 16}
-    rc, sc = proposal_layer(cls_prob, bbox_pred, im_info, **args)
-    rg, sg = proposal_layer(cls_prob.cuda(), bbox_pred.cuda(), im_info.cuda(), **args)
+    rc, sc = proposal_layer(cls_prob, bbox_pred, im_info, ProposalSettings(**args))
+    rg, sg = proposal_layer(cls_prob.cuda(), bbox_pred.cuda(), im_info.cuda(), ProposalSettings(**args))
     assert rg.is_cuda and rc.shape == rg.shape  # exp() may differ by an ulp between devices: allclose
     assert torch.allclose(rc, rg.cpu(), atol=1e-3) and torch.equal(sc, sg.cpu())
     # the NMS boundary (IoU exactly 0.7 kept, torchvision's CUDA kernel reads the threshold as float32)

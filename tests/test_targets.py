@@ -1,4 +1,4 @@
-"""Anchor targets (REFERENCE §4) and RoI sampling (§6): hand cases, a loop reference, sampling counts."""
+"""Anchor targets (docs/REFERENCE.md §4) and RoI sampling (§6): hand cases, a loop reference, sampling counts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from frcnn_trt.errors import ModelError
 from frcnn_trt.targets import (
     AnchorTargetLayer,
     AnchorTargets,
+    AnchorTargetSettings,
     ProposalTargetLayer,
+    ProposalTargetSettings,
     RoiTargets,
     anchor_targets,
     proposal_targets,
@@ -44,7 +46,7 @@ GT_B = [20.0, 20.0, 39.0, 39.0]
 def run_hand(gt: list[list[list[float]]], info: list[list[float]], **kw: Any) -> AnchorTargets:
     gts = [torch.tensor(g, dtype=torch.float32).reshape(-1, 4) for g in gt]
     g = torch.Generator().manual_seed(0)
-    return anchor_targets(HAND_ANCHORS, gts, torch.tensor(info), generator=g, **kw)
+    return anchor_targets(HAND_ANCHORS, gts, torch.tensor(info), AnchorTargetSettings(**kw), generator=g)
 
 
 def test_anchor_targets_hand_case_labels_targets_weights() -> None:
@@ -94,7 +96,7 @@ def test_anchor_targets_no_gt_image_and_batch() -> None:
 
 
 def loop_anchor_labels(anchors: torch.Tensor, gt: torch.Tensor, info: list[float]) -> list[int]:
-    """REFERENCE §4 steps 2-3 anchor by anchor (no subsampling)."""
+    """docs/REFERENCE.md §4 steps 2-3 anchor by anchor (no subsampling)."""
     inside = [i for i in range(anchors.shape[0])
               if anchors[i, 0] >= 0 and anchors[i, 1] >= 0 and anchors[i, 2] < info[1] and anchors[i, 3] < info[0]]
     ov = bbox_overlaps(anchors[inside].double(), gt.double()).tolist()
@@ -118,7 +120,7 @@ def test_anchor_targets_match_loop_reference_without_subsampling() -> None:
         xy = torch.rand(4, 2, generator=gen) * 70
         wh = 10 + torch.rand(4, 2, generator=gen) * 50
         gts.append(torch.cat([xy, xy + wh], dim=1).round())
-    t = anchor_targets(anchors, gts, torch.tensor(infos), generator=gen, batch_size=100000)
+    t = anchor_targets(anchors, gts, torch.tensor(infos), AnchorTargetSettings(batch_size=100000), generator=gen)
     for i, info in enumerate(infos):
         ref = loop_anchor_labels(anchors, gts[i], info)
         assert t.labels[i].tolist() == ref
@@ -126,11 +128,12 @@ def test_anchor_targets_match_loop_reference_without_subsampling() -> None:
 
 
 def test_anchor_target_layer_subsampling_and_determinism() -> None:
-    layer = AnchorTargetLayer(batch_size=16, fg_fraction=0.5)
+    layer = AnchorTargetLayer(AnchorTargetSettings(batch_size=16, fg_fraction=0.5))
     gts = [torch.tensor([[130.0, 10.0, 390.0, 250.0], [0.0, 100.0, 140.0, 230.0], [20, 200, 120, 300]]),
            torch.tensor([[50.0, 40.0, 250.0, 230.0]])]
     info = torch.tensor([[320.0, 400.0, 1.0], [300.0, 400.0, 1.0]])
-    full = AnchorTargetLayer(batch_size=10**6)((20, 25), gts, info, generator=torch.Generator().manual_seed(0))
+    full = AnchorTargetLayer(AnchorTargetSettings(batch_size=10**6))((20, 25), gts, info,
+                                                                     generator=torch.Generator().manual_seed(0))
     t1 = layer((20, 25), gts, info, generator=torch.Generator().manual_seed(1))
     t2 = layer((20, 25), gts, info, generator=torch.Generator().manual_seed(1))
     t3 = layer((20, 25), gts, info, generator=torch.Generator().manual_seed(2))
@@ -158,7 +161,7 @@ def test_anchor_subsampling_is_uniform() -> None:
     gen = torch.Generator().manual_seed(0)
     counts = torch.zeros(16)
     for _ in range(200):
-        t = anchor_targets(anchors, gts, info, generator=gen, batch_size=6, fg_fraction=0.5)
+        t = anchor_targets(anchors, gts, info, AnchorTargetSettings(batch_size=6, fg_fraction=0.5), generator=gen)
         assert int((t.labels == 1).sum()) == 3 and int((t.labels == 0).sum()) == 3
         counts += (t.labels[0] >= 0).float()
     assert torch.allclose(counts[:12] / 200, torch.full((12,), 0.25), atol=0.09)
@@ -173,7 +176,7 @@ def test_anchor_target_layer_from_config() -> None:
                               RPN_POSITIVE_WEIGHT=-1.0),
     )
     layer = AnchorTargetLayer.from_config(cfg)
-    assert layer.batch_size == 256 and layer.anchor_generator.num_anchors == 9
+    assert layer.settings.batch_size == 256 and layer.anchor_generator.num_anchors == 9
 
 
 # ---------------------------------------------------------------------------------------------- RoIs
@@ -236,7 +239,7 @@ def test_proposal_targets_counts_columns_and_normalisation() -> None:
            torch.tensor([[10.0, 10.0, 300.0, 300.0]])]
     classes = [torch.tensor([3, 7]), torch.tensor([20])]
     rois = make_rois(gts, [400, 300], gen)
-    layer = ProposalTargetLayer(num_classes=21, bg_thresh_lo=0.0)
+    layer = ProposalTargetLayer(21, ProposalTargetSettings(bg_thresh_lo=0.0))
     t = layer(rois, gts, classes, generator=torch.Generator().manual_seed(0))
     counts = check_roi_targets(t, gts, classes, 21, 0.0)
     for i, (n_fg, n_bg) in enumerate(counts):
@@ -259,41 +262,42 @@ def test_proposal_targets_scarce_bg_gt_appended_and_no_gt() -> None:
         [1, 0, 0, 20, 20],  # image without gt: IoU 0 -> bg when lo = 0
         [1, 30, 30, 60, 60],
     ])  # image 2 has no proposal at all: only its gt (appended) is sampled
-    t = proposal_targets(rois, gts, classes, num_classes=6, generator=torch.Generator().manual_seed(0),
-                         bg_thresh_lo=0.0)
+    t = proposal_targets(rois, gts, classes, ProposalTargetSettings(bg_thresh_lo=0.0), num_classes=6,
+                         generator=torch.Generator().manual_seed(0))
     counts = check_roi_targets(t, gts, classes, 6, 0.0)
     assert counts == [(2, 1), (0, 2), (1, 0)]  # total < 128: bg is scarce
     last = t.rois[-1].tolist()
     assert last == [2, 10, 10, 50, 50] and t.labels[-1] == 2
     assert t.bbox_targets[-1, 8:12].tolist() == [0, 0, 0, 0] and t.bbox_inside_weights[-1, 8:12].sum() == 4
-    t = proposal_targets(rois, gts, classes, num_classes=6, generator=torch.Generator().manual_seed(0),
-                         bg_thresh_lo=0.1)
+    t = proposal_targets(rois, gts, classes, ProposalTargetSettings(bg_thresh_lo=0.1), num_classes=6,
+                         generator=torch.Generator().manual_seed(0))
     assert check_roi_targets(t, gts, classes, 6, 0.1) == [(2, 0), (0, 0), (1, 0)]
 
 
 def test_proposal_targets_fg_rounding_and_config() -> None:
     gts = [torch.tensor([[0.0, 0.0, 99.0, 99.0]])]
     rois = torch.cat([torch.zeros(20, 1), torch.tensor([[0.0, 0.0, 99.0, 99.0]]).expand(20, 4)], dim=1)
-    t = proposal_targets(rois, gts, [torch.tensor([1])], num_classes=2, generator=torch.Generator(),
-                         rois_per_image=10, fg_fraction=0.25)
+    t = proposal_targets(rois, gts, [torch.tensor([1])], ProposalTargetSettings(rois_per_image=10, fg_fraction=0.25),
+                         num_classes=2, generator=torch.Generator())
     assert int((t.labels > 0).sum()) == 2  # round(2.5) = 2, half to even like np.round
-    t = proposal_targets(rois, gts, [torch.tensor([1])], num_classes=2, generator=torch.Generator(),
-                         rois_per_image=14, fg_fraction=0.25)
+    t = proposal_targets(rois, gts, [torch.tensor([1])], ProposalTargetSettings(rois_per_image=14, fg_fraction=0.25),
+                         num_classes=2, generator=torch.Generator())
     assert int((t.labels > 0).sum()) == 4  # round(3.5) = 4
     cfg = SimpleNamespace(TRAIN=SimpleNamespace(
         BATCH_SIZE=128, IMS_PER_BATCH=1, FG_FRACTION=0.25, FG_THRESH=0.5, BG_THRESH_HI=0.5, BG_THRESH_LO=0.0,
         BBOX_NORMALIZE_TARGETS_PRECOMPUTED=True, BBOX_NORMALIZE_MEANS=(0.0,) * 4,
         BBOX_NORMALIZE_STDS=(0.1, 0.1, 0.2, 0.2), BBOX_INSIDE_WEIGHTS=(1.0,) * 4))
     layer = ProposalTargetLayer.from_config(cfg, num_classes=21)
-    assert layer.rois_per_image == 128 and layer.bg_thresh_lo == 0.0 and layer.normalize_targets
+    s = layer.settings
+    assert s.rois_per_image == 128 and s.bg_thresh_lo == 0.0 and s.normalize_targets
 
 
 def test_proposal_targets_unnormalised() -> None:
     gen = torch.Generator().manual_seed(3)
     gts = [torch.tensor([[40.0, 40.0, 160.0, 200.0]])]
     rois = make_rois(gts, [60], gen)
-    t = proposal_targets(rois, gts, [torch.tensor([4])], num_classes=5, generator=gen,
-                         normalize_targets=False, bg_thresh_lo=0.0)
+    settings = ProposalTargetSettings(normalize_targets=False, bg_thresh_lo=0.0)
+    t = proposal_targets(rois, gts, [torch.tensor([4])], settings, num_classes=5, generator=gen)
     check_roi_targets(t, gts, [torch.tensor([4])], 5, 0.0, normalized=False)
 
 
@@ -344,7 +348,7 @@ def test_cuda_matches_cpu_with_a_cpu_generator() -> None:
     gts = [torch.tensor([[130.0, 10.0, 390.0, 250.0], [0.0, 100.0, 140.0, 230.0]]),
            torch.tensor([[50.0, 40.0, 250.0, 230.0]])]
     info = torch.tensor([[320.0, 400.0, 1.0], [300.0, 400.0, 1.0]])
-    layer = AnchorTargetLayer(batch_size=16)
+    layer = AnchorTargetLayer(AnchorTargetSettings(batch_size=16))
     cpu = layer((20, 25), gts, info, generator=torch.Generator().manual_seed(5))
     gpu = layer((20, 25), [g.cuda() for g in gts], info.cuda(), generator=torch.Generator().manual_seed(5))
     assert torch.equal(cpu.labels, gpu.labels.cpu())
@@ -353,7 +357,7 @@ def test_cuda_matches_cpu_with_a_cpu_generator() -> None:
     gen = torch.Generator().manual_seed(11)
     rois = make_rois(gts, [200, 150], gen)
     classes = [torch.tensor([3, 7]), torch.tensor([1])]
-    layer2 = ProposalTargetLayer(num_classes=21, bg_thresh_lo=0.0)
+    layer2 = ProposalTargetLayer(21, ProposalTargetSettings(bg_thresh_lo=0.0))
     c = layer2(rois, gts, classes, generator=torch.Generator().manual_seed(0))
     g = layer2(rois.cuda(), [x.cuda() for x in gts], [x.cuda() for x in classes],
                generator=torch.Generator().manual_seed(0))

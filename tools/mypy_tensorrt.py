@@ -7,8 +7,8 @@ temporary folder, repairs those lines, and runs mypy with that folder on ``MYPYP
 (errors inside the stubs themselves are silenced; imported project modules are analysed, not reported).
 Nothing is vendored.
 
-    python tools/mypy_tensorrt.py            # the default files below
-    python tools/mypy_tensorrt.py FILE...    # other files
+    python tools/mypy_tensorrt.py            # the TensorRT subpackage (FILES below)
+    python tools/mypy_tensorrt.py FILE...    # other files or folders
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import tempfile
 from pathlib import Path
 
 FILES = [
-    "frcnn_trt/engines/trt_build.py",
-    "frcnn_trt/engines/tensorrt_backend.py",
-    "frcnn_trt/engines/plugin/trt_plugin.py",
+    "frcnn_trt/engines/tensorrt",
 ]
 _ROOT = Path(__file__).resolve().parent.parent
 

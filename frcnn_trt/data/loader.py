@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from frcnn_trt.config import Config
 from frcnn_trt.data.blob import prep_im_for_blob
 from frcnn_trt.data.images import read_image
-from frcnn_trt.data.roidb import RoidbEntry
+from frcnn_trt.data.roidb_chain import RoidbEntry
 from frcnn_trt.errors import DatasetError
 
 __all__ = [
@@ -436,7 +437,7 @@ def make_train_loader(
 
 def make_train_loader_from_config(
     roidb: Sequence[RoidbEntry],
-    cfg: Any,
+    cfg: Config,
     *,
     max_iters: int,
     start_iter: int = 0,

@@ -25,6 +25,7 @@ smaller dataset's images are a prefix of a larger one's).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -33,11 +34,22 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from frcnn_trt.data.synthetic_paint import (
+    SHAPES,
+    background,
+    coverage,
+    draw_clutter,
+    place_shape,
+    random_colour,
+    texture,
+)
 from frcnn_trt.errors import ConfigError, DatasetError
+from frcnn_trt.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -49,7 +61,6 @@ __all__ = [
     "render_scene",
 ]
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "arrow")
 DEFAULT_CLASSES: tuple[str, ...] = SHAPES[:5]
 
 GENERATOR_VERSION = 1
@@ -60,7 +71,6 @@ DROP_PIXELS = 40
 FAINT_PROB = 0.04
 MAX_IOU = 0.35  # placement: IoU of unoccluded boxes with earlier shapes at most this
 TRUNCATE = 0.15  # placement: up to this fraction of a shape's extent may lie outside the image
-SUPERSAMPLE = 4
 JPEG_QUALITY = 90
 
 _F = np.float32
@@ -106,192 +116,16 @@ class SyntheticSummary:
     num_portrait: int = 0  # images taller than wide
 
 
-# -- shapes ------------------------------------------------------------------------------------------------
-def _ngon(n: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
-    t = phase + 2 * np.pi * np.arange(n) / n
-    return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
-
-
-def _uniform_deg(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return math.radians(rng.uniform(lo, hi))
-
-
-def _shape(name: str, rng: np.random.Generator) -> tuple[list[tuple[np.ndarray, int]], float, float]:
-    """Unit polygons ``[(P x 2 vertices, fill 255 | 0 for a hole)]``, y-aspect and rotation (radians)."""
-    if name == "circle":
-        return [(_ngon(48), 255)], rng.uniform(0.7, 1.4), rng.uniform(0, np.pi)
-    if name == "square":
-        sq = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
-        return [(sq, 255)], rng.uniform(0.6, 1.6), _uniform_deg(rng, -15, 15)
-    if name == "triangle":
-        tri = _ngon(3, phase=-np.pi / 2) + rng.normal(0, 0.06, (3, 2))
-        return [(tri, 255)], rng.uniform(0.8, 1.25), rng.uniform(0, 2 * np.pi)
-    if name == "star":
-        radii = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.38, 0.5))
-        star = _ngon(10, phase=-np.pi / 2) * radii[:, None]
-        return [(star, 255)], rng.uniform(0.85, 1.18), rng.uniform(0, 2 * np.pi)
-    if name == "cross":
-        w = rng.uniform(0.28, 0.4)
-        cross = np.array(
-            [
-                [-w, -1],
-                [w, -1],
-                [w, -w],
-                [1, -w],
-                [1, w],
-                [w, w],
-                [w, 1],
-                [-w, 1],
-                [-w, w],
-                [-1, w],
-                [-1, -w],
-                [-w, -w],
-            ],
-            float,
-        )
-        return [(cross, 255)], rng.uniform(0.8, 1.25), _uniform_deg(rng, -15, 15)
-    if name == "ring":
-        return (
-            [(_ngon(48), 255), (_ngon(48, rng.uniform(0.5, 0.65)), 0)],
-            rng.uniform(0.75, 1.33),
-            rng.uniform(0, np.pi),
-        )
-    if name == "diamond":
-        dia = np.array([[0, -1], [1, 0], [0, 1], [-1, 0]], float)
-        return [(dia, 255)], rng.uniform(0.6, 1.6), _uniform_deg(rng, -12, 12)
-    if name == "arrow":
-        t = rng.uniform(0.18, 0.28)
-        arrow = np.array([[-1, -t], [0.15, -t], [0.15, -0.6], [1, 0], [0.15, 0.6], [0.15, t], [-1, t]], float)
-        return [(arrow, 255)], rng.uniform(0.8, 1.2), rng.uniform(0, 2 * np.pi)
-    raise ConfigError(f"unknown synthetic shape {name!r}; available: {', '.join(SHAPES)}")
-
-
-def _place_shape(name: str, size: float, rng: np.random.Generator) -> tuple[list[tuple[np.ndarray, int]], np.ndarray]:
-    """Shape polygons scaled so that the longer side of their extent is ``size``, centred at the origin."""
-    polys, aspect, rot = _shape(name, rng)
-    c, s = math.cos(rot), math.sin(rot)
-    rotm = np.array([[c, -s], [s, c]])
-    polys = [((p * [1.0, aspect]) @ rotm.T, fill) for p, fill in polys]
-    outer = polys[0][0]
-    lo, hi = outer.min(0), outer.max(0)
-    scale = size / float((hi - lo).max())
-    centre = (lo + hi) / 2
-    polys = [((p - centre) * scale, fill) for p, fill in polys]
-    return polys, np.array([lo - centre, hi - centre]) * scale  # [[x0, y0], [x1, y1]] extent offsets
-
-
-def _coverage(polys: list[tuple[np.ndarray, int]], x0: int, y0: int, pw: int, ph: int) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] of the polygons on the pixel patch at (x0, y0), size pw x ph."""
-    ss = SUPERSAMPLE
-    canvas = Image.new("L", (pw * ss, ph * ss), 0)
-    draw = ImageDraw.Draw(canvas)
-    for p, fill in polys:
-        # pixel i covers [i - 0.5, i + 0.5) (centres on integers); PIL draws sub-pixel u centred on
-        # (u + 0.5) / ss - 0.5, hence u = (x + 0.5) * ss - 0.5
-        pts = (p - [x0, y0] + 0.5) * ss - 0.5
-        draw.polygon([tuple(v) for v in pts.tolist()], fill=fill)
-    return np.asarray(canvas.resize((pw, ph), Image.Resampling.BOX), dtype=_F) / 255.0
-
-
-# -- textures ----------------------------------------------------------------------------------------------
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.arange(h, dtype=_F)[:, None], np.arange(w, dtype=_F)[None, :]
-
-
-def _ramp(h: int, w: int, angle: float) -> np.ndarray:
-    """Linear ramp in [0, 1] across an h x w patch along ``angle``."""
-    yy, xx = _grid(h, w)
-    proj = xx * _F(math.cos(angle)) + yy * _F(math.sin(angle))
-    lo, hi = float(proj.min()), float(proj.max())
-    return (proj - lo) / _F(max(hi - lo, 1.0))
-
-
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0, 255, 3).astype(_F)
-
-
-def _fill(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """A random object texture ``[h, w, 3]`` float: solid, gradient, stripes or noise, with soft shading."""
-    c1, c2 = _colour(rng), _colour(rng)
-    kind = rng.choice(4, p=[0.3, 0.3, 0.2, 0.2])
-    if kind == 0:
-        tex = np.broadcast_to(c1, (h, w, 3)).copy()
-    elif kind == 1:
-        t = _ramp(h, w, rng.uniform(0, 2 * np.pi))[..., None]
-        tex = c1 * (1 - t) + c2 * t
-    elif kind == 2:
-        yy, xx = _grid(h, w)
-        a = rng.uniform(0, np.pi)
-        period = rng.uniform(4, 12)
-        proj = xx * _F(math.cos(a)) + yy * _F(math.sin(a))
-        t = (0.5 + 0.5 * np.sin(proj * _F(2 * np.pi / period)))[..., None]
-        tex = c1 * (1 - t) + c2 * t
-    else:
-        tex = c1 + rng.standard_normal((h, w, 1), dtype=_F) * _F(rng.uniform(15, 35))
-    shade = (_ramp(h, w, rng.uniform(0, 2 * np.pi)) - 0.5)[..., None] * _F(rng.uniform(0, 50))
-    return tex + shade
-
-
-def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """Gradient + low-frequency colour noise + an optional 'horizon', as float ``[h, w, 3]``."""
-    grey = _F(rng.uniform(60, 200))
-    c1 = grey + (_colour(rng) - grey) * _F(rng.uniform(0.2, 0.7))  # muted colours
-    c2 = grey + (_colour(rng) - grey) * _F(rng.uniform(0.2, 0.7))
-    t = _ramp(h, w, rng.uniform(0, 2 * np.pi))[..., None]
-    bg = c1 * (1 - t) + c2 * t
-    gh, gw = int(rng.integers(3, 7)), int(rng.integers(3, 7))
-    coarse = rng.uniform(0, 255, (gh, gw, 3)).astype(np.uint8)
-    blobs = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), dtype=_F) - 127.5
-    bg += blobs * _F(rng.uniform(0.1, 0.35))
-    if rng.random() < 0.4:
-        horizon = int(rng.uniform(0.3, 0.8) * h)
-        bg[horizon:] += (_colour(rng) - 127.5) * _F(0.3)
-    if rng.random() < 0.3:  # faint texture (weave / tiles)
-        yy, xx = _grid(h, w)
-        period = rng.uniform(6, 20)
-        bg += (np.sin(xx * _F(2 * np.pi / period)) * np.sin(yy * _F(2 * np.pi / period)))[..., None] * _F(
-            rng.uniform(4, 12)
-        )
-    return bg
-
-
-def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
-    """A lumpy, clearly irregular outline (harmonics 2 and 3), for clutter."""
-    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-    a2, a3 = rng.uniform(0.15, 0.3, 2)
-    r = radius * (1 + a2 * np.cos(2 * t + rng.uniform(0, 6.3)) + a3 * np.cos(3 * t + rng.uniform(0, 6.3)))
-    return list(zip((cx + r * np.cos(t)).tolist(), (cy + r * np.sin(t)).tolist(), strict=True))
-
-
-def _clutter(img: Image.Image, rng: np.random.Generator) -> None:
-    """Distractors drawn under the objects: lines, arcs, dots and lumpy blobs."""
-    w, h = img.size
-    draw = ImageDraw.Draw(img)
-
-    def col() -> tuple[int, int, int]:
-        return tuple(int(v) for v in rng.integers(0, 256, 3))  # type: ignore[return-value]
-
-    for _ in range(int(rng.integers(1, 6))):
-        pts = rng.uniform(0, 1, (2, 2)) * [w, h]
-        draw.line([tuple(p) for p in pts.tolist()], fill=col(), width=int(rng.integers(1, 5)))
-    for _ in range(int(rng.integers(0, 3))):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 40)
-        a0 = rng.uniform(0, 360)
-        draw.arc(
-            [cx - r, cy - r, cx + r, cy + r],
-            a0,
-            a0 + rng.uniform(60, 200),
-            fill=col(),
-            width=int(rng.integers(1, 4)),
-        )
-    for _ in range(int(rng.integers(0, 10))):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1, 3)
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col())
-    for _ in range(int(rng.integers(0, 4))):
-        draw.polygon(_blob(rng, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(6, 28)), fill=col())
-
-
 # -- scenes ------------------------------------------------------------------------------------------------
+class _Drawn(NamedTuple):
+    """A shape painted into the scene, before the annotation pass."""
+
+    name: str
+    full_area: int  # pixels its unoccluded shape covers (≥ 1/2), inside the image or not
+    inside: int  # of them inside the image
+    faint: bool
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     iw = min(a[2], b[2]) - max(a[0], b[0])
     ih = min(a[3], b[3]) - max(a[1], b[1])
@@ -301,80 +135,113 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
-def render_scene(
-    rng: np.random.Generator,
-    width: int,
-    height: int,
-    classes: Sequence[str] = DEFAULT_CLASSES,
-    *,
-    num_objects: int | None = None,
-    clutter: bool = True,
-    noise: bool = True,
-) -> Scene:
-    """Render one image with ``num_objects`` shapes (default 1 to 6) and annotate it (see module doc)."""
-    if num_objects is None:
-        num_objects = 1 + int(rng.binomial(5, 0.5))
-    img = _background(height, width, rng)
-    if clutter:
-        pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-        _clutter(pil, rng)
-        img = np.asarray(pil, dtype=_F).copy()
-    owner = np.full((height, width), -1, dtype=np.int16)
-    drawn: list[tuple[str, int, int, bool]] = []  # class, full area, in-image area, faint
-    placed: list[np.ndarray] = []
-    max_size = max(MIN_OBJECT_SIZE + 1.0, 0.5 * min(width, height))
-    for _ in range(num_objects):
-        name = classes[int(rng.integers(len(classes)))]
-        size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_size)))
-        polys, ext = _place_shape(name, size, rng)
-        (ex0, ey0), (ex1, ey1) = ext
-        bw, bh = ex1 - ex0, ey1 - ey0
-        for _attempt in range(15):
-            cx = rng.uniform(-ex0 - TRUNCATE * bw, width - ex1 + TRUNCATE * bw)
-            cy = rng.uniform(-ey0 - TRUNCATE * bh, height - ey1 + TRUNCATE * bh)
-            box = np.array([cx + ex0, cy + ey0, cx + ex1, cy + ey1])
-            if all(_iou(box, b) <= MAX_IOU for b in placed):
-                break
-        else:
-            continue
-        placed.append(box)
-        k = len(drawn)
-        x0, y0 = math.floor(box[0]), math.floor(box[1])
-        pw, ph = math.ceil(box[2]) - x0 + 1, math.ceil(box[3]) - y0 + 1
-        cov = _coverage([(p + np.array([cx, cy]), f) for p, f in polys], x0, y0, pw, ph)
-        full_area = int((cov >= 0.5).sum())
-        # the part of the patch inside the image
-        ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + pw, width), min(y0 + ph, height)
-        cov = cov[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-        region = img[iy0:iy1, ix0:ix1]
-        inside = int((cov >= 0.5).sum())
-        if full_area == 0 or inside == 0:
-            continue
-        weight = cov[..., None]
-        bg_mean = (region * weight).sum((0, 1)) / max(float(weight.sum()), 1e-6)
-        for _attempt in range(10):  # keep the object visible against what is under it
-            tex = _fill(iy1 - iy0, ix1 - ix0, rng)
-            fg_mean = (tex * weight).sum((0, 1)) / max(float(weight.sum()), 1e-6)
-            if float(np.linalg.norm(fg_mean - bg_mean)) >= 60:
-                break
-        faint = bool(rng.random() < FAINT_PROB)
-        alpha = weight * _F(0.3 if faint else 1.0)
-        img[iy0:iy1, ix0:ix1] = region * (1 - alpha) + np.clip(tex, 0, 255) * alpha
-        owner[iy0:iy1, ix0:ix1][cov >= 0.5] = k
-        drawn.append((name, full_area, inside, faint))
-    if clutter and rng.random() < 0.3:  # thin lines over everything: clutter that occludes a little
-        mask_img = Image.new("L", (width, height), 0)
-        draw = ImageDraw.Draw(mask_img)
-        for _ in range(int(rng.integers(1, 3))):
-            pts = rng.uniform(0, 1, (2, 2)) * [width, height]
-            draw.line([tuple(p) for p in pts.tolist()], fill=255, width=int(rng.integers(1, 3)))
-        m = np.asarray(mask_img) > 0
-        img[m] = _colour(rng)
-        owner[m] = -1
-    if noise:
-        img += rng.standard_normal((height, width, 3), dtype=_F) * _F(rng.uniform(3, 10))
-    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+def _with_clutter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw_clutter(pil, rng)
+    return np.asarray(pil, dtype=_F).copy()
 
+
+def _find_place(
+    ext: np.ndarray, width: int, height: int, placed: list[np.ndarray], rng: np.random.Generator
+) -> tuple[float, float, np.ndarray] | None:
+    """A centre (and the box) for a shape of extent ``ext`` overlapping the ``placed`` boxes little (15 tries)."""
+    (ex0, ey0), (ex1, ey1) = ext
+    bw, bh = ex1 - ex0, ey1 - ey0
+    for _attempt in range(15):
+        cx = rng.uniform(-ex0 - TRUNCATE * bw, width - ex1 + TRUNCATE * bw)
+        cy = rng.uniform(-ey0 - TRUNCATE * bh, height - ey1 + TRUNCATE * bh)
+        box = np.array([cx + ex0, cy + ey0, cx + ex1, cy + ey1])
+        if all(_iou(box, b) <= MAX_IOU for b in placed):
+            return cx, cy, box
+    return None
+
+
+def _contrasting_texture(region: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A texture for the shape whose mean colour stands out from what is under it (10 tries)."""
+    h, w = region.shape[:2]
+    bg_mean = (region * weight).sum((0, 1)) / max(float(weight.sum()), 1e-6)
+    for _attempt in range(10):  # keep the object visible against what is under it
+        tex = texture(h, w, rng)
+        fg_mean = (tex * weight).sum((0, 1)) / max(float(weight.sum()), 1e-6)
+        if float(np.linalg.norm(fg_mean - bg_mean)) >= 60:
+            break
+    return tex
+
+
+def _paint_shape(
+    img: np.ndarray,
+    owner: np.ndarray,
+    k: int,
+    polys: list[tuple[np.ndarray, int]],
+    centre: tuple[float, float],
+    box: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[int, int, bool] | None:
+    """Paint the shape centred at ``centre`` into ``img``, claim its pixels as ``k`` in ``owner``; returns
+    ``(full_area, inside, faint)``, or None (nothing drawn) when no pixel of it lies in the image."""
+    height, width = owner.shape
+    cx, cy = centre
+    x0, y0 = math.floor(box[0]), math.floor(box[1])
+    pw, ph = math.ceil(box[2]) - x0 + 1, math.ceil(box[3]) - y0 + 1
+    cov = coverage([(p + np.array([cx, cy]), f) for p, f in polys], x0, y0, pw, ph)
+    full_area = int((cov >= 0.5).sum())
+    # the part of the patch inside the image
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + pw, width), min(y0 + ph, height)
+    cov = cov[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+    region = img[iy0:iy1, ix0:ix1]
+    inside = int((cov >= 0.5).sum())
+    if full_area == 0 or inside == 0:
+        return None
+    weight = cov[..., None]
+    tex = _contrasting_texture(region, weight, rng)
+    faint = bool(rng.random() < FAINT_PROB)
+    alpha = weight * _F(0.3 if faint else 1.0)
+    img[iy0:iy1, ix0:ix1] = region * (1 - alpha) + np.clip(tex, 0, 255) * alpha
+    owner[iy0:iy1, ix0:ix1][cov >= 0.5] = k
+    return full_area, inside, faint
+
+
+def _add_object(
+    img: np.ndarray,
+    owner: np.ndarray,
+    drawn: list[_Drawn],
+    placed: list[np.ndarray],
+    classes: Sequence[str],
+    max_size: float,
+    rng: np.random.Generator,
+) -> None:
+    """Draw one random shape where it fits (appended to ``drawn``); skipped when no place is found or it
+    falls outside the image."""
+    height, width = owner.shape
+    name = classes[int(rng.integers(len(classes)))]
+    size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_size)))
+    polys, ext = place_shape(name, size, rng)
+    where = _find_place(ext, width, height, placed, rng)
+    if where is None:
+        return
+    cx, cy, box = where
+    placed.append(box)
+    painted = _paint_shape(img, owner, len(drawn), polys, (cx, cy), box, rng)
+    if painted is not None:
+        drawn.append(_Drawn(name, *painted))
+
+
+def _occluding_lines(img: np.ndarray, owner: np.ndarray, rng: np.random.Generator) -> None:
+    """Thin lines over everything: clutter that occludes a little (their pixels belong to no object)."""
+    height, width = owner.shape
+    mask_img = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask_img)
+    for _ in range(int(rng.integers(1, 3))):
+        pts = rng.uniform(0, 1, (2, 2)) * [width, height]
+        draw.line([tuple(p) for p in pts.tolist()], fill=255, width=int(rng.integers(1, 3)))
+    m = np.asarray(mask_img) > 0
+    img[m] = random_colour(rng)
+    owner[m] = -1
+
+
+def _annotate(owner: np.ndarray, drawn: Sequence[_Drawn]) -> tuple[list[SynthObject], np.ndarray, int]:
+    """VOC annotations of the visible parts (module doc): the objects, the renumbered owner map, the number
+    dropped as too occluded."""
     objects: list[SynthObject] = []
     remap = np.full(len(drawn) + 1, -1, dtype=np.int16)  # last entry: background (-1) maps to -1
     dropped = 0
@@ -398,6 +265,37 @@ def render_scene(
         )
         remap[k] = len(objects) - 1
     owner = np.where(owner >= 0, remap[np.maximum(owner, 0)], owner).astype(np.int16)
+    return objects, owner, dropped
+
+
+def render_scene(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    *,
+    num_objects: int | None = None,
+    clutter: bool = True,
+    noise: bool = True,
+) -> Scene:
+    """Render one image with ``num_objects`` shapes (default 1 to 6) and annotate it (see module doc)."""
+    if num_objects is None:
+        num_objects = 1 + int(rng.binomial(5, 0.5))
+    img = background(height, width, rng)
+    if clutter:
+        img = _with_clutter(img, rng)
+    owner = np.full((height, width), -1, dtype=np.int16)
+    drawn: list[_Drawn] = []
+    placed: list[np.ndarray] = []
+    max_size = max(MIN_OBJECT_SIZE + 1.0, 0.5 * min(width, height))
+    for _ in range(num_objects):
+        _add_object(img, owner, drawn, placed, classes, max_size, rng)
+    if clutter and rng.random() < 0.3:
+        _occluding_lines(img, owner, rng)
+    if noise:
+        img += rng.standard_normal((height, width, 3), dtype=_F) * _F(rng.uniform(3, 10))
+    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    objects, owner, dropped = _annotate(owner, drawn)
     return Scene(image=image, owner=owner, objects=objects, dropped=dropped)
 
 
@@ -438,6 +336,28 @@ def _image_size(rng: np.random.Generator, base: tuple[int, int], vary: bool) -> 
     return max(round(w), 32), max(round(h), 32)
 
 
+def _jpeg(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _check_arguments(
+    classes: tuple[str, ...], num_images: int, test_fraction: float, image_size: tuple[int, int]
+) -> None:
+    for name in classes:
+        if name not in SHAPES:
+            raise ConfigError(f"unknown synthetic shape {name!r}; available: {', '.join(SHAPES)}")
+    if len(set(classes)) != len(classes) or not classes:
+        raise ConfigError(f"synthetic classes must be distinct and non-empty, got {classes}")
+    if num_images < 1:
+        raise ConfigError(f"num_images must be at least 1, got {num_images}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if min(int(v) for v in image_size) < 48:
+        raise ConfigError(f"image_size must be at least 48x48, got {image_size}")
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DatasetError(f"synthetic dataset target {out} exists and is not a folder")
@@ -472,18 +392,8 @@ def make_synthetic_dataset(
     about ±30% and its aspect by -15%/+20%, and a quarter of the images are portrait.
     """
     classes = tuple(classes)
-    for name in classes:
-        if name not in SHAPES:
-            raise ConfigError(f"unknown synthetic shape {name!r}; available: {', '.join(SHAPES)}")
-    if len(set(classes)) != len(classes) or not classes:
-        raise ConfigError(f"synthetic classes must be distinct and non-empty, got {classes}")
-    if num_images < 1:
-        raise ConfigError(f"num_images must be at least 1, got {num_images}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    _check_arguments(classes, num_images, test_fraction, image_size)
     w0, h0 = (int(v) for v in image_size)
-    if min(w0, h0) < 48:
-        raise ConfigError(f"image_size must be at least 48x48, got {image_size}")
     out = Path(out)
     _prepare_out(out, overwrite)
 
@@ -495,8 +405,8 @@ def make_synthetic_dataset(
         rng = np.random.default_rng([seed, i])
         width, height = _image_size(rng, (w0, h0), vary_size)
         scene = render_scene(rng, width, height, classes)
-        Image.fromarray(scene.image).save(out / "JPEGImages" / f"{image_id}.jpg", quality=JPEG_QUALITY)
-        (out / "Annotations" / f"{image_id}.xml").write_bytes(_voc_xml(image_id, width, height, scene.objects))
+        atomic_write_bytes(out / "JPEGImages" / f"{image_id}.jpg", _jpeg(scene.image))
+        atomic_write_bytes(out / "Annotations" / f"{image_id}.xml", _voc_xml(image_id, width, height, scene.objects))
         per_class.update(o.name for o in scene.objects)
         num_difficult += sum(o.difficult for o in scene.objects)
         num_dropped += scene.dropped
@@ -507,9 +417,9 @@ def make_synthetic_dataset(
     test = sorted(ids[j] for j in perm[:num_test])
     trainval = sorted(ids[j] for j in perm[num_test:])
     main = out / "ImageSets" / "Main"
-    (main / "trainval.txt").write_text("".join(f"{i}\n" for i in trainval))
-    (main / "test.txt").write_text("".join(f"{i}\n" for i in test))
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    atomic_write_text(main / "trainval.txt", "".join(f"{i}\n" for i in trainval))
+    atomic_write_text(main / "test.txt", "".join(f"{i}\n" for i in test))
+    atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in classes))
     params = {
         "generator": "frcnn_trt.data.synthetic",
         "version": GENERATOR_VERSION,
@@ -520,7 +430,7 @@ def make_synthetic_dataset(
         "classes": list(classes),
         "test_fraction": test_fraction,
     }
-    (out / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
+    atomic_write_text(out / "synthetic.json", json.dumps(params, indent=2) + "\n")
     return SyntheticSummary(
         root=out,
         num_images=num_images,

@@ -17,7 +17,7 @@ import difflib
 import logging
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -350,11 +350,31 @@ class VocFolder(Imdb):
     def _parse_object(
         self, obj: VocObject, k: int, xml_path: Path, width: int, height: int, log: IssueLog
     ) -> tuple[tuple[float, float, float, float], int, bool] | None:
+        """One ``<object>``: ``(0-based clipped box, class index, difficult)``, or None (the reason logged)."""
         if not obj.name:
             log.add(xml_path, f"object {k} has no <name>; skipped", "missing_field")
             return None
         name = self._norm(obj.name)
         what = f"object {k} ({name!r})"
+        cls = self._class_index(name, k, xml_path, log)
+        if cls is None:
+            return None
+        difficult = _parse_difficult(obj.difficult, what, xml_path, log)
+        if difficult is None:
+            return None
+        if obj.bndbox is None:
+            log.add(xml_path, f"{what} has no <bndbox>; skipped", "missing_field")
+            return None
+        values = _parse_coords(obj.bndbox, what, xml_path, log)
+        if values is None:
+            return None
+        xmin, ymin, xmax, ymax = values
+        box = clip_box((xmin - 1, ymin - 1, xmax - 1, ymax - 1), width, height, file=xml_path, what=what, log=log)
+        if box is None:
+            return None
+        return box, cls, difficult
+
+    def _class_index(self, name: str, k: int, xml_path: Path, log: IssueLog) -> int | None:
         cls = self._lookup.get(name) or self._lookup_ci.get(name.lower())
         if cls is None:
             close = difflib.get_close_matches(name, self.classes[1:], n=1)
@@ -364,47 +384,52 @@ class VocFolder(Imdb):
                 f"unknown class {name!r} (object {k}); skipped — {hint}classes are {', '.join(self.classes[1:])}",
                 "unknown_class",
             )
+        return cls
+
+
+def _parse_difficult(text: str | None, what: str, xml_path: Path, log: IssueLog) -> bool | None:
+    """``<difficult>`` as a flag (absent or empty: False); None (logged) when it is not a number."""
+    if not text:
+        return False
+    try:
+        return int(float(text)) != 0
+    except ValueError:
+        log.add(xml_path, f"{what}: non-numeric <difficult> {text!r}; skipped", "bad_value")
+        return None
+
+
+def _parse_coords(
+    bndbox: Mapping[str, str | None], what: str, xml_path: Path, log: IssueLog
+) -> tuple[float, float, float, float] | None:
+    """``<bndbox>``'s 1-based ``(xmin, ymin, xmax, ymax)``; None (logged) when one is missing or not a finite
+    number, or the box is inverted or has zero area."""
+    values = []
+    for key in _COORDS:
+        text = bndbox[key]
+        if not text:
+            log.add(xml_path, f"{what}: <{key}> missing or empty; skipped", "missing_field")
             return None
-        difficult = False
-        if obj.difficult:
-            try:
-                difficult = int(float(obj.difficult)) != 0
-            except ValueError:
-                log.add(xml_path, f"{what}: non-numeric <difficult> {obj.difficult!r}; skipped", "bad_value")
-                return None
-        if obj.bndbox is None:
-            log.add(xml_path, f"{what} has no <bndbox>; skipped", "missing_field")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            log.add(xml_path, f"{what}: non-numeric coordinate {key}={text!r}; skipped", "bad_value")
             return None
-        values = []
-        for key in _COORDS:
-            text = obj.bndbox[key]
-            if not text:
-                log.add(xml_path, f"{what}: <{key}> missing or empty; skipped", "missing_field")
-                return None
-            try:
-                value = float(text)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                log.add(xml_path, f"{what}: non-numeric coordinate {key}={text!r}; skipped", "bad_value")
-                return None
-            values.append(value)
-        xmin, ymin, xmax, ymax = values
-        coords = f"xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
-        if xmax < xmin or ymax < ymin:
-            log.add(
-                xml_path,
-                f"{what}: inverted box {coords} (xmax < xmin or ymax < ymin); skipped",
-                "inverted_box",
-            )
-            return None
-        if xmax == xmin or ymax == ymin:
-            log.add(xml_path, f"{what}: zero-area box {coords}; skipped", "zero_area_box")
-            return None
-        box = clip_box((xmin - 1, ymin - 1, xmax - 1, ymax - 1), width, height, file=xml_path, what=what, log=log)
-        if box is None:
-            return None
-        return box, cls, difficult
+        values.append(value)
+    xmin, ymin, xmax, ymax = values
+    coords = f"xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
+    if xmax < xmin or ymax < ymin:
+        log.add(
+            xml_path,
+            f"{what}: inverted box {coords} (xmax < xmin or ymax < ymin); skipped",
+            "inverted_box",
+        )
+        return None
+    if xmax == xmin or ymax == ymin:
+        log.add(xml_path, f"{what}: zero-area box {coords}; skipped", "zero_area_box")
+        return None
+    return xmin, ymin, xmax, ymax
 
 
 def _devkit_root(year: str, data_root: Path) -> Path:

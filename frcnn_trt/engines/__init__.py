@@ -1,17 +1,20 @@
-"""frcnn_trt.engines"""
+"""frcnn_trt.engines: the inference layer (backends, the shared Detector, the runner over many images)."""
 
 from __future__ import annotations
 
 from frcnn_trt.distributed import resolve_device
-from frcnn_trt.engines.base import BACKEND_NAMES, Backend, backend_availability
+from frcnn_trt.engines.backends import BACKEND_NAMES, backend_availability
 from frcnn_trt.engines.detector import (
     Detector,
     DetectorRun,
-    ImageDetections,
     InferenceSettings,
     PhaseTimes,
-    select_backend,
+    Task,
 )
+from frcnn_trt.engines.protocol import Backend
+from frcnn_trt.engines.results import ImageDetections
+from frcnn_trt.engines.runner import ImageResult, Runner, RunResult
+from frcnn_trt.engines.selection import open_backend, select_backend
 from frcnn_trt.errors import BackendError
 
 __all__ = [
@@ -21,9 +24,14 @@ __all__ = [
     "Detector",
     "DetectorRun",
     "ImageDetections",
+    "ImageResult",
     "InferenceSettings",
     "PhaseTimes",
+    "RunResult",
+    "Runner",
+    "Task",
     "backend_availability",
+    "open_backend",
     "resolve_device",
     "select_backend",
 ]

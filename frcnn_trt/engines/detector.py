@@ -4,7 +4,7 @@ Glossary: ``N`` images per call, ``H × W`` an original image, ``s`` its scale, 
 ``R`` RoIs over the batch (``[R, 5]``: image index, x1, y1, x2, y2 in blob pixels), ``K`` classes including
 background, ``D`` detections of one image, ``P`` proposals of one image.
 
-Per batch of BGR uint8 images (REFERENCE §7, §11):
+Per batch of BGR uint8 images (docs/REFERENCE.md §7, §11):
 
 1. **preprocess**: scale rule (shorter side to ``target_size`` unless the longer passes ``max_size``), mean
    subtraction before the cv2-exact bilinear resize, zero-padded NCHW blob (:func:`preprocess_images`);
@@ -15,6 +15,9 @@ Per batch of BGR uint8 images (REFERENCE §7, §11):
 4. **detector**: ``backend.run_detector(features, rois)``;
 5. **postprocess**: rois / s, decode the raw deltas, clip to the original image, per-class score > thresh
    (strict), NMS 0.3, keep scores ≥ the 100th best per image.
+
+Each image comes back as one :class:`~frcnn_trt.engines.results.ImageDetections` (proposals: without labels);
+many images at a time go through :mod:`frcnn_trt.engines.runner`.
 
 Timings are wall-clock per phase with the device synchronised before each clock read (GPU-honest).
 Batches of N > 1 are zero-padded to the largest image (as py-faster-rcnn's training blobs), which can move
@@ -28,30 +31,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from frcnn_trt.anchors import AnchorGenerator, AnchorSettings
 from frcnn_trt.boxes import generate_anchors
+from frcnn_trt.config import Config
 from frcnn_trt.data.blob import preprocess_images
 from frcnn_trt.distributed import resolve_device
-from frcnn_trt.engines.base import (
-    BACKEND_NAMES,
-    BACKEND_OPTIONS,
-    Backend,
-    backend_availability,
-    backend_module,
-    check_backend_options,
-    options_for,
-)
 from frcnn_trt.engines.export_format import ExportInfo, load_export
+from frcnn_trt.engines.protocol import Backend
+from frcnn_trt.engines.results import ImageDetections
+from frcnn_trt.engines.selection import open_backend
 from frcnn_trt.errors import BackendError, ModelError
 from frcnn_trt.postprocess import batched_detections_from_scores, im_detect_postprocess
-from frcnn_trt.proposals import ProposalLayer
+from frcnn_trt.proposals import ProposalLayer, ProposalSettings
 
-__all__ = ["Detector", "DetectorRun", "ImageDetections", "InferenceSettings", "PhaseTimes", "select_backend"]
+__all__ = ["Detector", "DetectorRun", "ImageDetections", "InferenceSettings", "PhaseTimes", "Task"]
+
+#: what one call does to a batch: detect objects, or only propose boxes (``rpn_generate``)
+Task = Literal["detect", "propose"]
 
 log = logging.getLogger("frcnn_trt.engines")
 
@@ -82,7 +84,7 @@ class InferenceSettings:
     bbox_reg: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Any, class_names: Sequence[str]) -> InferenceSettings:
+    def from_config(cls, cfg: Config, class_names: Sequence[str]) -> InferenceSettings:
         """From a :class:`~frcnn_trt.config.Config` (``TEST.SCALES[0]`` is the single test scale)."""
         t = cfg.TEST
         return cls(
@@ -136,24 +138,7 @@ class InferenceSettings:
         return base.tolist()
 
 
-# ------------------------------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True)
-class ImageDetections:
-    """One image's detections, original-image pixels (0-based inclusive x1, y1, x2, y2).
-
-    ``boxes`` float32 ``[D, 4]``, ``scores`` float32 ``[D]``, ``labels`` int64 ``[D]`` (class index ≥ 1),
-    ``label_names`` the class name of each detection. Sorted by class, then descending score.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    label_names: list[str]
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
+# ------------------------------------------------------------------------------------------------ timing
 
 
 @dataclass
@@ -221,52 +206,11 @@ class _Clock:
         self._t = now
 
 
-# ------------------------------------------------------------------------------------------------ backend choice
-
-
-def select_backend(
-    requested: str,
-    device: str | torch.device | None = None,
-) -> tuple[str, str]:
-    """``(backend name, reason)``: ``"auto"`` → the first of tensorrt > onnxruntime > torch that can run here;
-    an explicit name that cannot run raises :class:`BackendError` with the reason."""
-    avail = backend_availability(device)
-    if requested == "auto":
-        skipped: list[str] = []
-        for name in BACKEND_NAMES:
-            ok, why = avail[name]
-            if ok:
-                reason = f"fastest available: {why}"
-                if skipped:
-                    reason += " (" + "; ".join(skipped) + ")"
-                return name, reason
-            skipped.append(f"{name}: {why}")
-        raise BackendError("no backend can run here: " + "; ".join(skipped))  # pragma: no cover - torch always
-    if requested not in avail:
-        raise BackendError(f"unknown backend {requested!r}; expected one of auto, {', '.join(BACKEND_NAMES)}")
-    ok, why = avail[requested]
-    if not ok:
-        raise BackendError(f"backend {requested!r} cannot run here: {why}")
-    return requested, why
-
-
-def _build_backend(name: str, info: ExportInfo, device: torch.device, model: Any,
-                   options: dict[str, Any]) -> Backend:
-    module = backend_module(name)
-    if module is None:  # pragma: no cover - availability said it exists
-        raise BackendError(f"backend {name} is not available")
-    if name == "torch":
-        return module.TorchBackend.from_export(info, device, model=model)  # type: ignore[no-any-return]
-    if name == "onnxruntime":
-        return module.OnnxRuntimeBackend.from_export(info, device, **options)  # type: ignore[no-any-return]
-    return module.TensorRTBackend.from_export(info, device=device, **options)  # type: ignore[no-any-return]
-
-
 # ------------------------------------------------------------------------------------------------ detector
 
 
 class Detector:
-    """Shared pre/post-processing around a :class:`~frcnn_trt.engines.base.Backend`.
+    """Shared pre/post-processing around a :class:`~frcnn_trt.engines.protocol.Backend`.
 
     Build it with :meth:`from_export` or :meth:`from_checkpoint`. ``conf_thresh``, ``nms`` and ``max_dets``
     override the test settings (py-faster-rcnn: 0.05 / 0.3 / 100; its demo used 0.8 / 0.3).
@@ -293,11 +237,9 @@ class Detector:
         self.nms = settings.nms_thresh if nms is None else float(nms)
         self.max_dets = settings.max_per_image if max_dets is None else int(max_dets)
         s = settings
-        common = {"feat_stride": s.feat_stride, "anchor_scales": s.anchor_scales, "anchor_ratios": s.anchor_ratios,
-                  "nms_thresh": s.rpn_nms_thresh, "min_size": s.rpn_min_size}
-        self.proposal_layer = ProposalLayer(pre_nms_top_n=s.rpn_pre_nms_top_n, post_nms_top_n=s.rpn_post_nms_top_n,
-                                            **common)  # type: ignore[arg-type]
-        self._common = common
+        anchors = AnchorGenerator(AnchorSettings(s.feat_stride, s.anchor_scales, s.anchor_ratios))
+        self.proposal_layer = ProposalLayer(
+            ProposalSettings(s.rpn_pre_nms_top_n, s.rpn_post_nms_top_n, s.rpn_nms_thresh, s.rpn_min_size), anchors)
         self.last_timing = PhaseTimes()
 
     # ------------------------------------------------------------------------------------------ builders
@@ -322,31 +264,8 @@ class Detector:
         its own, a named backend must take them all. ``kwargs`` go to :class:`Detector` (``conf_thresh``,
         ``nms``, ``max_dets``)."""
         info = load_export(directory, verify=verify)
-        dev = resolve_device(device)
-        options = dict(backend_options or {})
-        if backend != "auto":
-            theirs = sorted(set(options) - BACKEND_OPTIONS.get(backend, frozenset(options)))
-            if theirs:
-                owners = {k: [b for b, o in BACKEND_OPTIONS.items() if k in o] for k in theirs}
-                raise BackendError(f"backend {backend} does not take option(s) "
-                                   + ", ".join(f"{k} ({'/'.join(v) or 'no backend'}'s)" for k, v in owners.items()))
-            select_backend(backend, dev)  # BackendError with the reason when it cannot run here
-            impl = _build_backend(backend, info, dev, model, options)
-            return cls(impl, InferenceSettings.from_export(info), export=info, **kwargs)
-        check_backend_options(options)  # before trying any backend
-        avail = backend_availability(dev)
-        skipped = [f"{n}: {avail[n][1]}" for n in BACKEND_NAMES if not avail[n][0]]
-        for name in (n for n in BACKEND_NAMES if avail[n][0]):
-            try:
-                impl = _build_backend(name, info, dev, model, options_for(name, options))
-            except BackendError as exc:  # available in principle, but this export/device does not load
-                log.warning("backend auto: %s cannot load %s: %s", name, info.directory, exc)
-                skipped.append(f"{name}: {exc}")
-                continue
-            why = f"fastest available: {avail[name][1]}" + (" (" + "; ".join(skipped) + ")" if skipped else "")
-            log.info("backend auto → %s: %s", name, why)
-            return cls(impl, InferenceSettings.from_export(info), export=info, **kwargs)
-        raise BackendError("no backend can run this export here: " + "; ".join(skipped))
+        impl, _why = open_backend(backend, info, device, model=model, options=backend_options)
+        return cls(impl, InferenceSettings.from_export(info), export=info, **kwargs)
 
     @classmethod
     def from_checkpoint(
@@ -371,7 +290,7 @@ class Detector:
         return cls(TorchBackend(model, dev), settings, **kwargs)  # type: ignore[arg-type]
 
     @classmethod
-    def from_model(cls, model: Any, cfg: Any, class_names: Sequence[str],
+    def from_model(cls, model: Any, cfg: Config, class_names: Sequence[str],
                    device: str | torch.device | None = None, **kwargs: Any) -> Detector:
         """An in-memory :class:`FasterRCNN` on the torch backend (tests, training-time evaluation)."""
         from frcnn_trt.engines.torch_backend import TorchBackend
@@ -428,25 +347,51 @@ class Detector:
         names = self.settings.class_names
         out = []
         start = 0
-        for c in counts:  # det_img is sorted: contiguous slices per image
+        for c, im in zip(counts, images, strict=True):  # det_img is sorted: contiguous slices per image
             sl = slice(start, start + c)
-            out.append(ImageDetections(b_np[sl], s_np[sl], l_np[sl], [names[i] for i in l_np[sl]]))
+            out.append(ImageDetections(b_np[sl], s_np[sl], l_np[sl], [names[i] for i in l_np[sl]],
+                                       size=(int(im.shape[0]), int(im.shape[1]))))
             start += c
         clock.lap("postprocess")
         clock.times.images = n
         self.last_timing = clock.times
         return DetectorRun(blob, im_info, features, prob, deltas, rois, cls_prob, bbox_pred, out, clock.times)
 
-    @torch.inference_mode()
+    def run(
+        self,
+        images: Sequence[np.ndarray],
+        task: Task = "detect",
+        *,
+        pre_nms_top_n: int | None = None,
+        post_nms_top_n: int | None = None,
+    ) -> tuple[list[ImageDetections], PhaseTimes]:
+        """One batch: :meth:`detect` or :meth:`propose` (``task``), with this call's own per-phase times
+        (safe when several threads call one detector at once, where :attr:`last_timing` is whichever came
+        last). ``pre_nms_top_n`` / ``post_nms_top_n``: :meth:`propose`'s."""
+        if task == "detect":
+            run = self.forward(images)
+            return run.detections, run.timing
+        if task != "propose":
+            raise ModelError(f"task must be 'detect' or 'propose', got {task!r}")
+        with torch.inference_mode():
+            out, times = self._propose(images, pre_nms_top_n, post_nms_top_n)
+        self.last_timing = times
+        return out, times
+
     def propose(
         self,
         images: Sequence[np.ndarray],
         pre_nms_top_n: int | None = None,
         post_nms_top_n: int | None = None,
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """py-faster-rcnn's ``rpn_generate``: per image ``(boxes [P, 4] float32 in ORIGINAL image pixels,
-        scores [P] float32)``, in descending score order. Defaults: the export's ``rpn_generate`` settings
-        (−1 = no pre-NMS cap, 2000 kept), NMS 0.7, min size 16 · s. Single scale, boxes divided by ``s``."""
+    ) -> list[ImageDetections]:
+        """py-faster-rcnn's ``rpn_generate``: per image its proposals (``boxes [P, 4]`` float32 in ORIGINAL image
+        pixels, ``scores [P]`` float32, no labels), in descending score order. Defaults: the export's
+        ``rpn_generate`` settings (−1 = no pre-NMS cap, 2000 kept), NMS 0.7, min size 16 · s. Single scale,
+        boxes divided by ``s``."""
+        return self.run(images, "propose", pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n)[0]
+
+    def _propose(self, images: Sequence[np.ndarray], pre_nms_top_n: int | None,
+                 post_nms_top_n: int | None) -> tuple[list[ImageDetections], PhaseTimes]:
         s = self.settings
         pre = s.generate_pre_nms_top_n if pre_nms_top_n is None else int(pre_nms_top_n)
         post = s.generate_post_nms_top_n if post_nms_top_n is None else int(post_nms_top_n)
@@ -454,8 +399,8 @@ class Detector:
         blob, im_info = self._prepare(images, clock)
         _, prob, deltas = self.backend.run_rpn(blob)
         clock.lap("rpn")
-        layer = ProposalLayer(pre_nms_top_n=pre, post_nms_top_n=post, **self._common)  # type: ignore[arg-type]
-        layer.anchor_generator = self.proposal_layer.anchor_generator  # share the anchor cache
+        layer = self.proposal_layer.with_settings(  # shares the anchor cache
+            ProposalSettings(pre, post, s.rpn_nms_thresh, s.rpn_min_size))
         rois, scores = layer(prob, deltas, im_info)
         clock.lap("proposals")
         img = rois[:, 0].long()
@@ -465,13 +410,13 @@ class Detector:
         s_np = scores[:, 0].cpu().numpy()
         out = []
         start = 0
-        for c in counts:
-            out.append((b_np[start:start + c], s_np[start:start + c]))
+        for c, im in zip(counts, images, strict=True):
+            out.append(ImageDetections(b_np[start:start + c], s_np[start:start + c],
+                                       size=(int(im.shape[0]), int(im.shape[1]))))
             start += c
         clock.lap("postprocess")
         clock.times.images = len(images)
-        self.last_timing = clock.times
-        return out
+        return out, clock.times
 
     def describe(self) -> str:
         return self.backend.describe()

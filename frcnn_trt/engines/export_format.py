@@ -8,22 +8,30 @@ An export directory holds ``rpn.onnx``, ``detector.onnx`` and ``export.json``:
 - ``proposals``: the ProposalLayer settings for ``test`` (TEST 6000/300/0.7/16) and ``rpn_generate``
   (−1/2000, alt-opt's proposal generation);
 - ``test``: score threshold, NMS, max detections per image, bbox regression on/off;
+- ``roi_op``: the detector graph's RoI op, as the op module describes itself (``export_spec()``):
+  ``{"type": "RoIPool", "domain": "frcnn", "op_type": "RoIPool", "pooled_shape", "spatial_scale",
+  "plugin_namespace", "plugin_version"}`` (the custom node TensorRT maps to our plugin) or ``{"type": "RoIAlign",
+  "domain": "", "op_type": "RoiAlign", "pooled_shape", "spatial_scale", "sampling_ratio", "aligned",
+  "coordinate_transformation_mode"}`` (a standard node); RoIPool exports also keep the older ``roi_pool``
+  section (the same fields less ``type``) for readers that predate ``roi_op``;
 - ``shape_profiles``: min/opt/max of every dynamic input (TensorRT optimisation profiles);
 - ``opset``, ``versions``, ``source`` (checkpoint path + SHA-256), ``precision`` per file;
 - ``files``: SHA-256, size, inputs and outputs of every other file in the directory;
 - ``parity``: the ONNX Runtime vs torch check run after the export (and FP16 vs FP32 when exported so).
 
-:func:`load_export` reads and validates a directory: a missing or unreadable ``export.json``, a missing file,
-a size or SHA-256 mismatch raise :class:`~frcnn_trt.errors.ExportError` naming the file.
+:func:`export_json` builds the document (the exporter writes it); :func:`load_export` reads and validates a
+directory: a missing or unreadable ``export.json``, a missing file, a size or SHA-256 mismatch raise
+:class:`~frcnn_trt.errors.ExportError` naming the file.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from frcnn_trt.errors import ExportError
 from frcnn_trt.io import sha256_file
@@ -35,6 +43,8 @@ __all__ = [
     "FORMAT_VERSION",
     "RPN_FILE",
     "ExportInfo",
+    "ExportSettings",
+    "export_json",
     "load_export",
     "versions",
 ]
@@ -120,6 +130,135 @@ class ExportInfo:
 
     def file_sha256(self, name: str) -> str:
         return str(self.data["files"][name]["sha256"])
+
+
+# ------------------------------------------------------------------------------------------------ writer
+
+
+class ExportSettings(Protocol):
+    """The inference settings ``export.json`` carries (:class:`frcnn_trt.engines.detector.InferenceSettings`,
+    whose ``from_export`` reads them back)."""
+
+    @property
+    def pixel_means(self) -> tuple[float, float, float]: ...
+    @property
+    def target_size(self) -> int: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def feat_stride(self) -> int: ...
+    @property
+    def anchor_scales(self) -> tuple[float, ...]: ...
+    @property
+    def anchor_ratios(self) -> tuple[float, ...]: ...
+    @property
+    def rpn_pre_nms_top_n(self) -> int: ...
+    @property
+    def rpn_post_nms_top_n(self) -> int: ...
+    @property
+    def rpn_nms_thresh(self) -> float: ...
+    @property
+    def rpn_min_size(self) -> float: ...
+    @property
+    def generate_pre_nms_top_n(self) -> int: ...
+    @property
+    def generate_post_nms_top_n(self) -> int: ...
+    @property
+    def score_thresh(self) -> float: ...
+    @property
+    def nms_thresh(self) -> float: ...
+    @property
+    def max_per_image(self) -> int: ...
+    @property
+    def bbox_reg(self) -> bool: ...
+    def base_anchors(self) -> list[list[float]]: ...
+
+
+def _preprocessing(s: ExportSettings) -> dict[str, Any]:
+    return {
+        "pixel_means_bgr": list(s.pixel_means),
+        "channel_order": "BGR",
+        "target_size": s.target_size,
+        "max_size": s.max_size,
+        "scale_rule": (f"s = {s.target_size} / min(h, w); if round(s · max(h, w)) > {s.max_size}: "
+                       f"s = {s.max_size} / max(h, w)"),
+        "resize": "mean subtraction, then cv2.resize(fx=s, fy=s, INTER_LINEAR) (frcnn_trt.data.blob)",
+        "layout": "NCHW float32, zero-padded to the batch's largest image",
+    }
+
+
+def _anchors(s: ExportSettings) -> dict[str, Any]:
+    return {
+        "base_anchors": s.base_anchors(),
+        "feat_stride": s.feat_stride,
+        "scales": list(s.anchor_scales),
+        "ratios": list(s.anchor_ratios),
+        "order": "(h * W + w) * A + a; rpn_cls_prob fg = channels A..2A-1; rpn_bbox_pred channel 4a + k",
+    }
+
+
+def _proposals(s: ExportSettings) -> dict[str, Any]:
+    return {
+        "test": {"pre_nms_top_n": s.rpn_pre_nms_top_n, "post_nms_top_n": s.rpn_post_nms_top_n,
+                 "nms_thresh": s.rpn_nms_thresh, "min_size": s.rpn_min_size},
+        "rpn_generate": {"pre_nms_top_n": s.generate_pre_nms_top_n, "post_nms_top_n": s.generate_post_nms_top_n,
+                         "nms_thresh": s.rpn_nms_thresh, "min_size": s.rpn_min_size},
+        "where": "outside the graphs (shared torch ProposalLayer, +1 geometry NMS, IoU > t suppressed)",
+    }
+
+
+def _roi_op_sections(roi_op: Mapping[str, Any]) -> dict[str, Any]:
+    """``roi_op``, plus the older ``roi_pool`` section (without ``type``) for a RoIPool export."""
+    spec = dict(roi_op)
+    if spec.get("type") not in ("RoIPool", "RoIAlign"):
+        raise ExportError(f"unknown RoI op {spec.get('type')!r} for export.json (RoIPool or RoIAlign)")
+    if spec["type"] != "RoIPool":
+        return {"roi_op": spec}
+    return {"roi_op": spec, "roi_pool": {k: v for k, v in spec.items() if k != "type"}}
+
+
+def export_json(
+    *,
+    net: str,
+    class_names: Sequence[str],
+    settings: ExportSettings,
+    roi_op: Mapping[str, Any],
+    shape_profiles: Mapping[str, Any],
+    feature_map: Mapping[str, Any],
+    opset: int,
+    precision: str,
+    precision_notes: str,
+    files: Mapping[str, Any],
+    source: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``export.json`` document (``parity`` still ``None``); ``precision`` applies to both graphs."""
+    s = settings
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "net": str(net),
+        "class_names": list(class_names),
+        "num_classes": len(class_names),
+        "source": dict(source or {}),
+        "preprocessing": _preprocessing(s),
+        "anchors": _anchors(s),
+        "proposals": _proposals(s),
+        "test": {"score_thresh": s.score_thresh, "nms_thresh": s.nms_thresh,
+                 "max_per_image": s.max_per_image, "bbox_reg": s.bbox_reg},
+        **_roi_op_sections(roi_op),
+        "shape_profiles": dict(shape_profiles),
+        "feature_map": dict(feature_map),
+        "opset": int(opset),
+        "versions": versions(),
+        "precision": {RPN_FILE: precision, DETECTOR_FILE: precision},
+        "precision_notes": precision_notes,
+        "files": dict(files),
+        "parity": None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ reader
 
 
 _REQUIRED = ("class_names", "net", "preprocessing", "anchors", "proposals", "test", "files", "precision")

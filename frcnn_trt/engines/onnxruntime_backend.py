@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: ``rpn.onnx`` and ``detector.onnx`` in two inference sessions.
 
-Glossary: ``N`` images, ``R`` RoIs, ``K`` classes including background (see :mod:`frcnn_trt.engines.base`).
+Glossary: ``N`` images, ``R`` RoIs, ``K`` classes including background (see :mod:`frcnn_trt.engines.protocol`).
 
 - The ``frcnn.RoIPool`` node of ``detector.onnx`` is rewritten to ONNX's ``MaxRoiPool`` (same Caffe maths,
   bit-identical to torchvision) by :func:`frcnn_trt.ops.roi_pool.to_onnxruntime` before the session is built.
@@ -14,27 +14,38 @@ Glossary: ``N`` images, ``R`` RoIs, ``K`` classes including background (see :mod
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 import torch
 from torch import Tensor
 
 from frcnn_trt.distributed import resolve_device
-from frcnn_trt.engines.base import Backend
 from frcnn_trt.engines.export_format import ExportInfo
+from frcnn_trt.engines.protocol import Backend, BackendSpec
 from frcnn_trt.errors import BackendError, ExportError
+from frcnn_trt.ops.roi_pool import to_onnxruntime
 
-__all__ = ["OnnxRuntimeBackend", "availability"]
+if TYPE_CHECKING:
+    from frcnn_trt.model.faster_rcnn import FasterRCNN
+
+__all__ = ["OPTIONS", "SPEC", "OnnxRuntimeBackend", "availability"]
 
 log = logging.getLogger("frcnn_trt.engines.onnxruntime")
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+#: the options of :meth:`OnnxRuntimeBackend.from_export` (``Detector.from_export(backend_options=...)``)
+OPTIONS = frozenset({"intra_op_threads", "graph_optimization", "io_binding"})
+INSTALL = "pip install onnxruntime-gpu  (Linux x86-64; elsewhere: pip install onnxruntime)"
 
 
-def availability(device: torch.device) -> tuple[bool, str]:
+def availability(device: torch.device, info: ExportInfo | None = None) -> tuple[bool, str]:
+    """``(can run here, why)``: onnxruntime installed and, on a CUDA device, its CUDA provider listed."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -92,6 +103,7 @@ class OnnxRuntimeBackend(Backend):
         self.precision = precision
         self.intra_op_threads = intra_op_threads
         self.graph_optimization = graph_optimization
+        self.concurrent_calls = self.device.type == "cpu"
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendError(f"device {self.device} asked of onnxruntime {ort.__version__}, which has no "
@@ -116,10 +128,7 @@ class OnnxRuntimeBackend(Backend):
                                f"{self._det_inputs} / outputs {self._det_outputs}")
 
     def _session(self, model: str | Path | bytes, so: Any, providers: list[Any], rewrite: bool) -> Any:
-        import onnx
         import onnxruntime as ort
-
-        from frcnn_trt.ops.roi_pool import to_onnxruntime
 
         where = "<bytes>" if isinstance(model, bytes) else str(model)
         try:
@@ -201,3 +210,30 @@ class OnnxRuntimeBackend(Backend):
 
 def _np_dtype(dtype: torch.dtype) -> Any:
     return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]
+
+
+def version() -> str | None:
+    """The installed onnxruntime's version (either distribution), ``None`` when absent."""
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def load(info: ExportInfo, device: torch.device, options: Mapping[str, Any], model: FasterRCNN | None = None
+         ) -> OnnxRuntimeBackend:
+    """The spec's loader: the export's two ONNX files in ONNX Runtime sessions (``model`` unused)."""
+    return OnnxRuntimeBackend.from_export(info, device, **options)
+
+
+SPEC = BackendSpec(
+    name="onnxruntime",
+    summary="ONNX Runtime sessions of the export (CPU, or CUDA with onnxruntime-gpu)",
+    availability=availability,
+    options=OPTIONS,
+    loader=load,
+    version=version,
+    install=INSTALL,
+)

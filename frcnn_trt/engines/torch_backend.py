@@ -1,6 +1,6 @@
 """The eager PyTorch backend: the model itself (``rpn_blobs`` / ``detector``), on any torch device.
 
-Glossary: ``N`` images, ``R`` RoIs, ``K`` classes including background (see :mod:`frcnn_trt.engines.base`).
+Glossary: ``N`` images, ``R`` RoIs, ``K`` classes including background (see :mod:`frcnn_trt.engines.protocol`).
 
 It is the reference every other backend is checked against, and the fallback that always runs. From an
 export directory it loads the checkpoint the export was made from (path and SHA-256 in ``export.json``).
@@ -8,22 +8,26 @@ export directory it loads the checkpoint the export was made from (path and SHA-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from frcnn_trt.distributed import resolve_device
-from frcnn_trt.engines.base import Backend
 from frcnn_trt.engines.export_format import ExportInfo
+from frcnn_trt.engines.protocol import Backend, BackendSpec
 from frcnn_trt.errors import BackendError, CheckpointError
 from frcnn_trt.io import sha256_file
+from frcnn_trt.model.checkpoint import load_checkpoint
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 
-__all__ = ["TorchBackend", "availability"]
+__all__ = ["SPEC", "TorchBackend", "availability"]
 
 
-def availability(device: torch.device) -> tuple[bool, str]:
+def availability(device: torch.device, info: ExportInfo | None = None) -> tuple[bool, str]:
+    """Always: eager PyTorch runs every export on any torch device."""
     return True, f"eager PyTorch {torch.__version__} on {device}"
 
 
@@ -35,11 +39,10 @@ class TorchBackend(Backend):
     def __init__(self, model: FasterRCNN, device: str | torch.device | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.concurrent_calls = self.device.type == "cpu"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> TorchBackend:
-        from frcnn_trt.model.checkpoint import load_checkpoint
-
         dev = resolve_device(device)
         model, _ = load_checkpoint(path, device=dev)
         if not isinstance(model, FasterRCNN):  # pragma: no cover - load_checkpoint builds a FasterRCNN
@@ -84,3 +87,20 @@ class TorchBackend(Backend):
     def describe(self) -> str:
         return f"torch eager ({self.device}, fp32, {torch.get_num_threads()} threads)" \
             if self.device.type == "cpu" else f"torch eager ({self.device}, fp32)"
+
+
+def load(info: ExportInfo, device: torch.device, options: Mapping[str, Any], model: FasterRCNN | None = None
+         ) -> TorchBackend:
+    """The spec's loader: ``model`` when given, else the export's source checkpoint (it takes no options)."""
+    return TorchBackend.from_export(info, device, model=model)
+
+
+SPEC = BackendSpec(
+    name="torch",
+    summary="eager PyTorch: the model itself, the reference every backend is checked against",
+    availability=availability,
+    options=frozenset(),
+    loader=load,
+    version=lambda: str(torch.__version__),
+    install="pip install torch torchvision  (the PyPI wheels are CUDA builds; they run on a CPU too)",
+)

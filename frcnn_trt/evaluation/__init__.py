@@ -6,28 +6,20 @@
 from __future__ import annotations
 
 from frcnn_trt.evaluation.coco import coco_ground_truth, evaluate_coco
-from frcnn_trt.evaluation.detections import (
-    Detections,
-    ImageDetections,
-    PredictionsWriter,
-    load_detections,
-    prediction_record,
-    read_coco_results,
-    read_predictions,
-    read_voc_results,
-    voc_results_filename,
-    write_coco_results,
-    write_voc_results,
-)
+from frcnn_trt.evaluation.coco_results import read_coco_results, write_coco_results
+from frcnn_trt.evaluation.detections import DetectionArrays, Detections
+from frcnn_trt.evaluation.load import load_detections
+from frcnn_trt.evaluation.predictions import PredictionsWriter, prediction_record, read_predictions
 from frcnn_trt.evaluation.report import format_ap_lines, format_ap_table
 from frcnn_trt.evaluation.result import ClassResult, EvalResult
 from frcnn_trt.evaluation.voc import evaluate_voc, round_like_format, voc_ap, voc_iou
+from frcnn_trt.evaluation.voc_results import read_voc_results, voc_results_filename, write_voc_results
 
 __all__ = [
     "ClassResult",
+    "DetectionArrays",
     "Detections",
     "EvalResult",
-    "ImageDetections",
     "PredictionsWriter",
     "coco_ground_truth",
     "evaluate_coco",

@@ -1,4 +1,4 @@
-"""PASCAL VOC detection AP, number for number as py-faster-rcnn's ``voc_eval.py`` (REFERENCE §12).
+"""PASCAL VOC detection AP, number for number as py-faster-rcnn's ``voc_eval.py`` (docs/REFERENCE.md §12).
 
 Glossary: N images, G ground-truth objects (of one image, or of the whole set), D detections, K classes
 (``class_names[1:]``; index 0 is ``__background__``).
@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from frcnn_trt.data.imdb import ImageAnnotation
 from frcnn_trt.errors import DatasetError
-from frcnn_trt.evaluation.detections import Detections
+from frcnn_trt.evaluation.detections import DetectionArrays, Detections
 from frcnn_trt.evaluation.result import ClassResult, EvalResult
 
 __all__ = ["evaluate_voc", "round_like_format", "voc_ap", "voc_iou"]
@@ -127,105 +128,17 @@ def evaluate_voc(
     if num_classes < 1:
         raise ValueError(f"class_names must hold __background__ and at least one class, got {names!r}")
     anns = list(annotations)
-    index: dict[str, int] = {}
-    for i, a in enumerate(anns):
-        if a.image_id in index:
-            raise DatasetError(f"image id {a.image_id!r} appears twice in the annotations")
-        index[a.image_id] = i
-    unknown = [i for i in detections.image_ids if i not in index]
-    if unknown:
-        raise DatasetError(
-            f"detections for {len(unknown)} image id(s) not in the evaluated image set, e.g. {unknown[:5]} "
-            f"(first annotated ids: {[a.image_id for a in anns[:3]]})"
-        )
+    _check_image_ids(anns, detections)
 
     # Per image: IoU of every detection with every gt, other classes masked out -> max IoU and its gt.
-    gt_classes: list[np.ndarray] = []
-    gt_difficult: list[np.ndarray] = []
-    det_scores: list[np.ndarray] = []
-    det_classes: list[np.ndarray] = []
-    det_ovmax: list[np.ndarray] = []
-    det_jmax: list[np.ndarray] = []
+    per_image: list[_ImageMatch] = []
     gt_offset = 0
     for a in anns:
-        g = np.asarray(a.boxes, dtype=np.float64).reshape(-1, 4) + 1.0
-        gc = np.asarray(a.classes, dtype=np.int64).reshape(-1)
-        gd = np.asarray(a.difficult, dtype=bool).reshape(-1)
-        if gd.size == 0 and gc.size > 0:
-            gd = np.zeros(gc.size, dtype=bool)
-        if not (g.shape[0] == gc.size == gd.size):
-            raise DatasetError(
-                f"image {a.image_id!r}: {g.shape[0]} boxes, {gc.size} classes, {gd.size} difficult flags"
-            )
-        _check_classes(gc, num_classes, f"ground truth of image {a.image_id!r}")
-        d = detections.get(a.image_id)
-        _check_classes(d.classes, num_classes, f"detections of image {a.image_id!r}")
-        b = d.boxes + 1.0
-        s = d.scores
-        if round_boxes:
-            b = round_like_format(b, 1)
-        if round_scores:
-            s = round_like_format(s, 3)
-        ovmax = np.full(len(d), -np.inf)
-        jmax = np.full(len(d), -1, dtype=np.int64)
-        if len(d) and g.shape[0]:
-            iou = voc_iou(b, g)
-            iou[d.classes[:, None] != gc[None, :]] = -np.inf
-            j = np.argmax(iou, axis=1)
-            ovmax = iou[np.arange(len(d)), j]
-            jmax = np.where(np.isfinite(ovmax), j + gt_offset, -1)
-        gt_classes.append(gc)
-        gt_difficult.append(gd)
-        det_scores.append(s)
-        det_classes.append(d.classes)
-        det_ovmax.append(ovmax)
-        det_jmax.append(jmax)
-        gt_offset += gc.size
-
-    all_gt_classes = np.concatenate(gt_classes) if gt_classes else np.zeros(0, dtype=np.int64)
-    # One extra "no gt" slot at the end, so jmax = -1 indexes a non-difficult placeholder.
-    all_gt_difficult = np.concatenate([*gt_difficult, np.zeros(1, dtype=bool)])
-    scores = np.concatenate(det_scores) if det_scores else np.zeros(0)
-    classes = np.concatenate(det_classes) if det_classes else np.zeros(0, dtype=np.int64)
-    ovmaxes = np.concatenate(det_ovmax) if det_ovmax else np.zeros(0)
-    jmaxes = np.concatenate(det_jmax) if det_jmax else np.zeros(0, dtype=np.int64)
-
-    per_class: list[ClassResult] = []
-    for c in range(1, num_classes + 1):
-        npos = int(np.count_nonzero((all_gt_classes == c) & ~all_gt_difficult[:-1]))
-        sel = np.flatnonzero(classes == c)
-        order = sel[np.argsort(-scores[sel], kind="stable")]
-        ov = ovmaxes[order]
-        j = jmaxes[order]
-        above = ov > iou_thresh  # strict, as voc_eval
-        ignored = above & all_gt_difficult[j]
-        cand = np.flatnonzero(above & ~ignored)
-        # Greedy matching to the max-IoU gt only: the first (highest-scoring) claim on a gt is the TP.
-        _, first = np.unique(j[cand], return_index=True)
-        tp = np.zeros(order.size)
-        tp[cand[first]] = 1.0
-        fp = np.where(ignored, 0.0, 1.0 - tp)
-        tp = np.cumsum(tp)
-        fp = np.cumsum(fp)
-        prec = tp / np.maximum(tp + fp, _EPS)
-        if npos == 0:
-            ap, rec, final_recall = math.nan, np.full(order.size, math.nan), math.nan
-        else:
-            rec = tp / float(npos)
-            ap = voc_ap(rec, prec, use_07_metric)
-            final_recall = float(rec[-1]) if rec.size else 0.0
-        per_class.append(
-            ClassResult(
-                class_id=c,
-                name=names[c],
-                ap=ap,
-                npos=npos,
-                num_detections=int(order.size),
-                extra={"recall": final_recall},
-                recall=rec,
-                precision=prec,
-            )
-        )
+        per_image.append(_match_image(a, detections.get(a.image_id), gt_offset, num_classes, round_scores,
+                                      round_boxes))
+        gt_offset += per_image[-1].gt_classes.size
+    m = _ImageMatch.concatenate(per_image)
+    per_class = [_class_result(c, names[c], m, iou_thresh, use_07_metric) for c in range(1, num_classes + 1)]
     valid = [c.ap for c in per_class if not math.isnan(c.ap)]
     mean_ap = float(np.mean(valid)) if valid else math.nan
     return EvalResult(
@@ -243,3 +156,92 @@ def evaluate_voc(
         },
         summary={"mAP": mean_ap},
     )
+
+
+def _check_image_ids(anns: list[ImageAnnotation], detections: Detections) -> None:
+    """Image ids unique in the annotations, and every detection's image among them."""
+    index: set[str] = set()
+    for a in anns:
+        if a.image_id in index:
+            raise DatasetError(f"image id {a.image_id!r} appears twice in the annotations")
+        index.add(a.image_id)
+    unknown = [i for i in detections.image_ids if i not in index]
+    if unknown:
+        raise DatasetError(
+            f"detections for {len(unknown)} image id(s) not in the evaluated image set, e.g. {unknown[:5]} "
+            f"(first annotated ids: {[a.image_id for a in anns[:3]]})"
+        )
+
+
+@dataclass
+class _ImageMatch:
+    """Ground truth and detections of one image (or, concatenated, of all): each detection's score, class,
+    max IoU with a gt of its class (``-inf``: none) and that gt's index over the whole set (``-1``: none)."""
+
+    gt_classes: np.ndarray
+    gt_difficult: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    ovmax: np.ndarray
+    jmax: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[_ImageMatch]) -> _ImageMatch:
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int64), np.zeros(0),
+                       np.zeros(0, np.int64))
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+
+
+def _match_image(a: ImageAnnotation, d: DetectionArrays, gt_offset: int, num_classes: int, round_scores: bool,
+                 round_boxes: bool) -> _ImageMatch:
+    g = np.asarray(a.boxes, dtype=np.float64).reshape(-1, 4) + 1.0
+    gc = np.asarray(a.classes, dtype=np.int64).reshape(-1)
+    gd = np.asarray(a.difficult, dtype=bool).reshape(-1)
+    if gd.size == 0 and gc.size > 0:
+        gd = np.zeros(gc.size, dtype=bool)
+    if not (g.shape[0] == gc.size == gd.size):
+        raise DatasetError(f"image {a.image_id!r}: {g.shape[0]} boxes, {gc.size} classes, {gd.size} difficult flags")
+    _check_classes(gc, num_classes, f"ground truth of image {a.image_id!r}")
+    _check_classes(d.classes, num_classes, f"detections of image {a.image_id!r}")
+    b = round_like_format(d.boxes + 1.0, 1) if round_boxes else d.boxes + 1.0
+    s = round_like_format(d.scores, 3) if round_scores else d.scores
+    ovmax = np.full(len(d), -np.inf)
+    jmax = np.full(len(d), -1, dtype=np.int64)
+    if len(d) and g.shape[0]:
+        iou = voc_iou(b, g)
+        iou[d.classes[:, None] != gc[None, :]] = -np.inf
+        j = np.argmax(iou, axis=1)
+        ovmax = iou[np.arange(len(d)), j]
+        jmax = np.where(np.isfinite(ovmax), j + gt_offset, -1)
+    return _ImageMatch(gc, gd, s, d.classes, ovmax, jmax)
+
+
+def _class_result(c: int, name: str, m: _ImageMatch, iou_thresh: float, use_07_metric: bool) -> ClassResult:
+    """One class's PR curve and AP over the whole set (greedy matching in descending score order)."""
+    # One extra "no gt" slot at the end, so jmax = -1 indexes a non-difficult placeholder.
+    gt_difficult = np.concatenate([m.gt_difficult, np.zeros(1, dtype=bool)])
+    npos = int(np.count_nonzero((m.gt_classes == c) & ~m.gt_difficult))
+    sel = np.flatnonzero(m.classes == c)
+    order = sel[np.argsort(-m.scores[sel], kind="stable")]
+    ov = m.ovmax[order]
+    j = m.jmax[order]
+    above = ov > iou_thresh  # strict, as voc_eval
+    ignored = above & gt_difficult[j]
+    cand = np.flatnonzero(above & ~ignored)
+    # Greedy matching to the max-IoU gt only: the first (highest-scoring) claim on a gt is the TP.
+    _, first = np.unique(j[cand], return_index=True)
+    tp = np.zeros(order.size)
+    tp[cand[first]] = 1.0
+    fp = np.where(ignored, 0.0, 1.0 - tp)
+    tp = np.cumsum(tp)
+    fp = np.cumsum(fp)
+    prec = tp / np.maximum(tp + fp, _EPS)
+    if npos == 0:
+        ap, rec, final_recall = math.nan, np.full(order.size, math.nan), math.nan
+    else:
+        rec = tp / float(npos)
+        ap = voc_ap(rec, prec, use_07_metric)
+        final_recall = float(rec[-1]) if rec.size else 0.0
+    return ClassResult(class_id=c, name=name, ap=ap, npos=npos, num_detections=int(order.size),
+                       extra={"recall": final_recall}, recall=rec, precision=prec)

@@ -29,6 +29,7 @@ import torch
 
 from frcnn_trt.boxes import bbox_overlaps
 from frcnn_trt.engines.detector import Detector, ImageDetections
+from frcnn_trt.ops.roi_pool import to_onnxruntime
 
 __all__ = ["compare_detections", "ort_compute_precision", "parity_report", "synthetic_images"]
 
@@ -138,8 +139,6 @@ def ort_compute_precision(model_path: str | Path, providers: Sequence[Any] = ("C
     "provider": ...}``."""
     import onnx
     import onnxruntime as ort
-
-    from frcnn_trt.ops.roi_pool import to_onnxruntime
 
     proto = onnx.load(str(model_path))
     payload = (to_onnxruntime(proto) if rewrite else proto).SerializeToString()

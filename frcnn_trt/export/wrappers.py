@@ -11,9 +11,10 @@ Glossary: ``N`` images, ``H × W`` blob size, ``C`` feature channels, ``H' × W'
 
 ``half=True`` gives the FP16 form: the conv body, RPN head and box head run in float16 (weights and
 activations), while the image input, the RoI coordinates, both softmaxes and every output that feeds box
-decoding / NMS stay float32. ``features`` travel in float16 between the two graphs. RoI pooling runs in
-float32 on the float16 features (max pooling is exact in either dtype, and float32 keeps the RoI
-coordinates exact: float16 has 0.5 px steps above 512 px, which would move Caffe's ``round(x / 16)``).
+decoding / NMS stay float32. ``features`` travel in float16 between the two graphs. The RoI op (RoIPool or
+RoIAlign, whichever the model holds) runs in float32 on the float16 features (max pooling is exact in either
+dtype, and float32 keeps the RoI coordinates exact: float16 has 0.5 px steps above 512 px, which would move
+Caffe's ``round(x / 16)`` and RoIAlign's sample points).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class DetectorPart(nn.Module):
     def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         m = self.model
         # float16: pool in float32 (exact RoI coordinates), then back to float16 for the box head
-        pooled = m.roi_pool(features.float(), rois).half() if self.half_precision else m.roi_pool(features, rois)
+        pool = m.box_roi_pool
+        pooled = pool(features.float(), rois).half() if self.half_precision else pool(features, rois)
         score, deltas = m.predictor(m.backbone.box_head(pooled))
         deltas = deltas.float()
         return torch.softmax(score.float(), dim=1), m.predictor.raw_deltas(deltas) if self.raw_deltas else deltas

@@ -191,7 +191,7 @@ class Backbone(nn.Module):
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Trainable parameters by part: ``"conv"`` (body, minus the frozen ones) and ``"fc"`` (box head).
 
-        Alt-opt stages switch these groups on and off (REFERENCE §9); names are relative to this module.
+        Alt-opt stages switch these groups on and off (docs/REFERENCE.md §9); names are relative to this module.
         """
         conv = [(f"body.{n}", p) for n, p in self.body.named_parameters() if not self.is_frozen(f"body.{n}")]
         head = self.box_head.named_parameters()

@@ -1,11 +1,11 @@
-"""Faster R-CNN: conv body → RPN → proposals → RoI pool → box head → class scores and box deltas.
+"""Faster R-CNN: conv body → RPN → proposals → RoI op → box head → class scores and box deltas.
 
 Glossary: ``N`` images, ``H × W`` feature map, ``A`` anchors per location, ``R`` RoIs, ``K`` classes
 including background, ``G_i`` ground-truth boxes of image ``i``.
 
 One model serves every training mode of py-faster-rcnn, chosen per call (``stage``):
 
-- ``"end2end"`` (approximate joint, REFERENCE §10): RPN losses + proposal layer (TRAIN 12000/2000) +
+- ``"end2end"`` (approximate joint, docs/REFERENCE.md §10): RPN losses + proposal layer (TRAIN 12000/2000) +
   ProposalTargetLayer + Fast R-CNN losses — four losses;
 - ``"rpn"`` (alt-opt stages 1 and 2 RPN): RPN losses only;
 - ``"fast_rcnn"`` (alt-opt Fast R-CNN stages): RoIs sampled from the roidb's stored proposals, Fast R-CNN
@@ -16,6 +16,11 @@ In training mode ``forward(batch, stage=...)`` returns the loss dict; :meth:`im_
 The parts the export wraps are plain methods with tensor inputs: :meth:`rpn_blobs` (image blob → conv
 features, ``rpn_cls_prob``, ``rpn_bbox_pred``) and :meth:`detector` (features + RoIs → ``cls_prob``, raw
 ``bbox_pred``).
+
+The RoI op is a constructor argument (``box_roi_pool``, torchvision's name): py-faster-rcnn's Caffe RoI max
+pooling (:class:`~frcnn_trt.ops.roi_pool.RoIPool`, the default) or torchvision's RoI align
+(:class:`~frcnn_trt.ops.roi_align.RoIAlign`); :meth:`FasterRCNN.from_config` picks it by ``MODEL.ROI_OP``.
+Training and the export follow the op the model holds.
 """
 
 from __future__ import annotations
@@ -27,17 +32,33 @@ import torch
 from torch import Tensor, nn
 
 from frcnn_trt.anchors import rpn_bbox_to_anchor_order, rpn_cls_to_anchor_order
-from frcnn_trt.errors import ModelError
+from frcnn_trt.config import ROI_OPS, Config, ModelConfig
+from frcnn_trt.errors import ConfigError, ModelError
 from frcnn_trt.losses import fast_rcnn_losses, rpn_losses
 from frcnn_trt.model.backbones import Backbone, build_network
 from frcnn_trt.model.roi_head import FastRCNNPredictor
 from frcnn_trt.model.rpn import RPNHead, rpn_cls_prob
+from frcnn_trt.ops.roi_align import RoIAlign
 from frcnn_trt.ops.roi_pool import RoIPool
 from frcnn_trt.postprocess import im_detect_postprocess
 from frcnn_trt.proposals import ProposalLayer
 from frcnn_trt.targets import AnchorTargetLayer, ProposalTargetLayer, sample_rois_from_roidb
 
 STAGES = ("end2end", "rpn", "fast_rcnn")
+
+#: the RoI op of the Fast R-CNN head: ``(features [N, C, H, W], rois [R, 5]) → [R, C, P, P]``, and
+#: ``export_spec()`` for export.json
+RoIOp = RoIPool | RoIAlign
+
+
+def build_roi_op(model_cfg: ModelConfig, backbone: Backbone) -> RoIOp:
+    """The RoI op ``MODEL.ROI_OP`` names, at the backbone's pooled size and ``1 / feat_stride`` scale."""
+    pooled, scale = (backbone.pooled_size, backbone.pooled_size), 1.0 / backbone.feat_stride
+    if model_cfg.ROI_OP == "RoIPool":
+        return RoIPool(pooled, scale)
+    if model_cfg.ROI_OP == "RoIAlign":
+        return RoIAlign(pooled, scale, model_cfg.ROI_ALIGN_SAMPLING_RATIO)
+    raise ConfigError(f"MODEL.ROI_OP: unknown RoI op {model_cfg.ROI_OP!r}; choose one of {', '.join(ROI_OPS)}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +73,7 @@ class RoidbSampling:
     bbox_inside_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> RoidbSampling:
+    def from_config(cls, cfg: Config) -> RoidbSampling:
         t = cfg.TRAIN
         return cls(int(t.BATCH_SIZE) // int(t.IMS_PER_BATCH), t.FG_FRACTION, t.FG_THRESH, t.BG_THRESH_HI,
                    t.BG_THRESH_LO, tuple(t.BBOX_INSIDE_WEIGHTS))
@@ -72,7 +93,10 @@ class FasterRCNN(nn.Module):
         proposal_target: ProposalTargetLayer,
         roidb_sampling: RoidbSampling,
         bbox_reg: bool = True,
+        box_roi_pool: RoIOp | None = None,
     ) -> None:
+        """``box_roi_pool``: the RoI op between the conv body and the box head (torchvision's argument name);
+        default: py-faster-rcnn's Caffe :class:`RoIPool` at the backbone's pooled size and ``1 / feat_stride``."""
         super().__init__()
         if num_classes < 2:
             raise ModelError(f"num_classes counts the background and must be ≥ 2, got {num_classes}")
@@ -80,7 +104,8 @@ class FasterRCNN(nn.Module):
         self.backbone = backbone
         num_anchors = anchor_target.anchor_generator.num_anchors
         self.rpn = RPNHead(backbone.out_channels, backbone.rpn_channels, num_anchors)
-        self.roi_pool = RoIPool((backbone.pooled_size, backbone.pooled_size), 1.0 / backbone.feat_stride)
+        self.box_roi_pool: RoIOp = (box_roi_pool if box_roi_pool is not None
+                                    else build_roi_op(ModelConfig(), backbone))
         self.predictor = FastRCNNPredictor(backbone.fc_dim, num_classes)
         self.anchor_target = anchor_target
         self.proposal_train = proposal_train
@@ -89,12 +114,13 @@ class FasterRCNN(nn.Module):
         self.roidb_sampling = roidb_sampling
         self.bbox_reg = bool(bbox_reg)
         #: the config the parameter-free layers were built from (preprocessing settings for inference)
-        self.cfg: Any = None
+        self.cfg: Config | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, num_classes: int, backbone: Backbone | None = None) -> FasterRCNN:
+    def from_config(cls, cfg: Config, num_classes: int, backbone: Backbone | None = None) -> FasterRCNN:
+        backbone = backbone if backbone is not None else build_network(cfg.MODEL.NET)
         model = cls(
-            backbone if backbone is not None else build_network(cfg.MODEL.NET),
+            backbone,
             num_classes,
             anchor_target=AnchorTargetLayer.from_config(cfg),
             proposal_train=ProposalLayer.from_config(cfg, "TRAIN"),
@@ -102,12 +128,20 @@ class FasterRCNN(nn.Module):
             proposal_target=ProposalTargetLayer.from_config(cfg, num_classes),
             roidb_sampling=RoidbSampling.from_config(cfg),
             bbox_reg=cfg.TEST.BBOX_REG,
+            box_roi_pool=build_roi_op(cfg.MODEL, backbone),
         )
         model.cfg = cfg
         return model
 
-    def configure(self, cfg: Any) -> FasterRCNN:
-        """Swap the parameter-free layers for those of ``cfg`` (a stage's config); weights are untouched."""
+    def configure(self, cfg: Config) -> FasterRCNN:
+        """Swap the parameter-free layers for those of ``cfg`` (a stage's config); weights are untouched.
+
+        The RoI op is part of the architecture the weights were trained with: a ``cfg`` naming another one
+        (``MODEL.ROI_OP``, ``MODEL.ROI_ALIGN_SAMPLING_RATIO``) is refused rather than ignored."""
+        wanted = build_roi_op(cfg.MODEL, self.backbone).export_spec()
+        if wanted != self.box_roi_pool.export_spec():
+            raise ConfigError(f"the model's RoI op is {self.box_roi_pool.export_spec()}; the config asks for "
+                              f"{wanted}: MODEL.ROI_OP / ROI_ALIGN_SAMPLING_RATIO cannot change after training")
         self.anchor_target = AnchorTargetLayer.from_config(cfg)
         self.proposal_train = ProposalLayer.from_config(cfg, "TRAIN")
         self.proposal_test = ProposalLayer.from_config(cfg, "TEST")
@@ -135,7 +169,7 @@ class FasterRCNN(nn.Module):
         return torch.softmax(score, dim=1), self.predictor.raw_deltas(deltas)
 
     def _detector_logits(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        pooled = self.roi_pool(features, rois)
+        pooled = self.box_roi_pool(features, rois)
         return self.predictor(self.backbone.box_head(pooled))
 
     def propose(self, rpn_prob: Tensor, rpn_deltas: Tensor, im_info: Tensor,
@@ -206,7 +240,7 @@ class FasterRCNN(nn.Module):
     # ------------------------------------------------------------------------------------------ param groups
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Parameters by the parts alt-opt switches on and off (REFERENCE §9), names relative to the model.
+        """Parameters by the parts alt-opt switches on and off (docs/REFERENCE.md §9), names relative to the model.
 
         ``conv`` (trainable conv body), ``frozen`` (never trained: VGG16 conv1–2, VGG_CNN_M_1024 conv1),
         ``rpn`` (RPN head), ``fc`` (fc6, fc7), ``predictor`` (cls_score, bbox_pred).

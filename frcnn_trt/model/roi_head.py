@@ -3,7 +3,7 @@
 Glossary: ``N`` images, ``C`` feature channels, ``R`` RoIs, ``P`` pooled size, ``D`` fc7 width,
 ``K`` classes including background.
 
-``bbox_pred`` regresses *normalised* targets while training (``(t − mean) / std`` per class, REFERENCE §6);
+``bbox_pred`` regresses *normalised* targets while training (``(t − mean) / std`` per class, docs/REFERENCE.md §6);
 the buffers ``bbox_means`` / ``bbox_stds`` ``[4K]`` turn its output back into raw deltas at inference, and
 a saved checkpoint folds them into the weights (py-faster-rcnn's ``snapshot``) so exports and engines
 apply raw deltas with no extra op.

@@ -1,4 +1,4 @@
-"""The RPN head (``rpn_conv/3x3`` → ``rpn_cls_score``, ``rpn_bbox_pred``), REFERENCE §4 and §8.
+"""The RPN head (``rpn_conv/3x3`` → ``rpn_cls_score``, ``rpn_bbox_pred``), docs/REFERENCE.md §4 and §8.
 
 Glossary: ``N`` images, ``C`` feature channels, ``H × W`` feature map, ``A`` anchors per location.
 

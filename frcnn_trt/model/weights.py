@@ -34,9 +34,12 @@ from pathlib import Path
 from pickle import UnpicklingError  # the exception type only: files load with weights_only=True
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from frcnn_trt.errors import CheckpointError
+from frcnn_trt.io import atomic_write_bytes
 from frcnn_trt.model.backbones import Backbone
 
 __all__ = [
@@ -97,9 +100,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return dict(load_file(str(path), device="cpu"))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -138,10 +138,6 @@ def _unpickler_detail(exc: Exception) -> str:
 
 def save_weights(backbone: Backbone, path: str | Path) -> None:
     """Write ``backbone``'s state dict as safetensors (atomically), the network name in the file's metadata."""
-    from safetensors.torch import save
-
-    from frcnn_trt.io import atomic_write_bytes
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
     atomic_write_bytes(path, save(tensors, metadata={"network": backbone.name, "layout": "frcnn"}))
 
@@ -149,8 +145,6 @@ def save_weights(backbone: Backbone, path: str | Path) -> None:
 def _safetensors_network(path: Path) -> str | None:
     if path.suffix != ".safetensors":
         return None
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("network")
@@ -232,6 +226,61 @@ def _mismatch_error(path: Path, network: str, layout: str, problems: list[str], 
     return CheckpointError(f"{path}: not a weights file for {network} ({layout} layout): {shown}{more}")
 
 
+def _resolve_layout(path: Path, layout: str, network: str, our_keys: list[str], theirs: Mapping[str, Tensor]) -> str:
+    """``layout``, or the one detected for ``"auto"``; CheckpointError when no key matches."""
+    if layout != "auto":
+        return layout
+    layout = _detect_layout(network, our_keys, theirs)
+    if layout == "unknown":
+        sample = ", ".join(list(theirs)[:4])
+        raise CheckpointError(
+            f"{path}: not a weights file for {network}: none of its keys match (file has {sample}, …; "
+            f"expected e.g. {our_keys[0]})"
+        )
+    return layout
+
+
+def _key_mapping(layout: str, network: str, our_keys: list[str], theirs: Mapping[str, Tensor]) -> dict[str, str]:
+    """Our state-dict key → the file's key, for a resolved ``layout``."""
+    if layout == "frcnn":
+        prefix = _find_prefix(our_keys, theirs) or ""
+        return {k: prefix + k for k in our_keys}
+    if layout == "caffe":
+        return {k: _strip_part(k) for k in our_keys}
+    return _torchvision_map(network, our_keys)
+
+
+def _check_mapping(
+    path: Path, network: str, layout: str, mapping: Mapping[str, str], ours: Mapping[str, Tensor],
+    theirs: Mapping[str, Tensor], strict: bool,
+) -> list[str]:
+    """Our keys the file lacks; CheckpointError on any shape mismatch, or on a missing key with ``strict``."""
+    missing = [k for k in ours if mapping.get(k) not in theirs]
+    problems = [f"missing {mapping.get(k, k)!r}" for k in missing]
+    for k, src in mapping.items():
+        if src in theirs and tuple(theirs[src].shape) != tuple(ours[k].shape):
+            problems.append(f"{src!r} has shape {tuple(theirs[src].shape)}, expected {tuple(ours[k].shape)}")
+    shape_problems = len(problems) - len(missing)
+    if (strict and problems) or shape_problems:
+        raise _mismatch_error(path, network, layout, problems, len(problems))
+    return missing
+
+
+def _fold_colour(values: dict[str, Tensor], network: str, pixel_means: Sequence[float]) -> str:
+    """Fold torchvision's RGB 0–1 normalisation into the first conv of ``values`` (module doc); the note."""
+    first = "body.conv1_1" if network == "VGG16" else "body.conv1"
+    weight, delta = _fold_rgb_to_bgr(values[f"{first}.weight"], pixel_means)
+    values[f"{first}.weight"] = weight
+    if network == "VGG16":
+        values["body.conv1_1.bias"] = values["body.conv1_1.bias"].double() + delta
+    else:
+        values["body.bn1.running_mean"] = values["body.bn1.running_mean"].double() - delta
+    return (
+        f"{first}: input channels RGB→BGR, scaled by 1/(255·std), mean offset folded "
+        f"(PIXEL_MEANS {tuple(round(float(m), 4) for m in pixel_means)})"
+    )
+
+
 def load_weights(
     backbone: Backbone,
     path: str | Path,
@@ -257,48 +306,12 @@ def load_weights(
     theirs = read_state_dict(path)
     ours = backbone.state_dict()
     our_keys = list(ours)
-
-    if layout == "auto":
-        layout = _detect_layout(network, our_keys, theirs)
-        if layout == "unknown":
-            sample = ", ".join(list(theirs)[:4])
-            raise CheckpointError(
-                f"{path}: not a weights file for {network}: none of its keys match (file has {sample}, …; "
-                f"expected e.g. {our_keys[0]})"
-            )
-    if layout == "frcnn":
-        prefix = _find_prefix(our_keys, theirs) or ""
-        mapping = {k: prefix + k for k in our_keys}
-    elif layout == "caffe":
-        mapping = {k: _strip_part(k) for k in our_keys}
-    else:
-        mapping = _torchvision_map(network, our_keys)
-
-    problems: list[str] = []
-    missing = [k for k in our_keys if mapping.get(k) not in theirs]
-    problems += [f"missing {mapping.get(k, k)!r}" for k in missing]
-    for k, src in mapping.items():
-        if src in theirs and tuple(theirs[src].shape) != tuple(ours[k].shape):
-            problems.append(f"{src!r} has shape {tuple(theirs[src].shape)}, expected {tuple(ours[k].shape)}")
-    shape_problems = len(problems) - len(missing)
-    if (strict and problems) or shape_problems:
-        raise _mismatch_error(path, network, layout, problems, len(problems))
+    layout = _resolve_layout(path, layout, network, our_keys, theirs)
+    mapping = _key_mapping(layout, network, our_keys, theirs)
+    missing = _check_mapping(path, network, layout, mapping, ours, theirs, strict)
 
     values = {k: theirs[src] for k, src in mapping.items() if src in theirs}
-    notes: list[str] = []
-    if layout == "torchvision":
-        first = "body.conv1_1" if network == "VGG16" else "body.conv1"
-        weight, delta = _fold_rgb_to_bgr(values[f"{first}.weight"], pixel_means)
-        values[f"{first}.weight"] = weight
-        if network == "VGG16":
-            values["body.conv1_1.bias"] = values["body.conv1_1.bias"].double() + delta
-        else:
-            values["body.bn1.running_mean"] = values["body.bn1.running_mean"].double() - delta
-        notes.append(
-            f"{first}: input channels RGB→BGR, scaled by 1/(255·std), mean offset folded "
-            f"(PIXEL_MEANS {tuple(round(float(m), 4) for m in pixel_means)})"
-        )
-
+    notes = [_fold_colour(values, network, pixel_means)] if layout == "torchvision" else []
     with torch.no_grad():
         for k, v in values.items():
             ours[k].copy_(v)  # copy_ converts the dtype (fp16 / fp64 files)

@@ -34,7 +34,8 @@ import torch
 import torchvision  # noqa: F401  (registers torch.ops.torchvision.roi_pool and its backward)
 from torch import Tensor, nn
 
-from frcnn_trt.errors import ExportError, ModelError
+from frcnn_trt.errors import ExportError
+from frcnn_trt.ops.checks import check_pooled_shape, check_roi_inputs
 
 if TYPE_CHECKING:
     import onnx
@@ -101,26 +102,14 @@ if hasattr(torch.library, "register_autocast"):
     torch.library.register_autocast("frcnn::roi_pool", "cuda", torch.float32)
 
 
-def _check_pooled_shape(pooled_shape: Sequence[int]) -> tuple[int, int]:
-    shape = tuple(pooled_shape)
-    if len(shape) != 2 or not all(isinstance(v, int) and v > 0 for v in shape):
-        raise ModelError(f"roi_pool: pooled_shape must be two positive ints (ph, pw), got {pooled_shape!r}")
-    return shape[0], shape[1]
-
-
 def roi_pool(features: Tensor, rois: Tensor, pooled_shape: Sequence[int], spatial_scale: float) -> Tensor:
     """Caffe RoI max pooling: ``features [N, C, H, W]``, ``rois [R, 5]`` → ``[R, C, ph, pw]``.
 
     ``rois`` rows are (batch index, x1, y1, x2, y2) in image pixels; ``spatial_scale`` maps image pixels to
     feature cells (1/16 for stride-16 nets). Differentiable w.r.t. ``features`` only.
     """
-    ph, pw = _check_pooled_shape(pooled_shape)
-    if features.dim() != 4:
-        raise ModelError(f"roi_pool: features must be [N, C, H, W], got shape {tuple(features.shape)}")
-    if rois.dim() != 2 or rois.shape[1] != 5:
-        raise ModelError(f"roi_pool: rois must be [R, 5] (batch idx, x1, y1, x2, y2), got {tuple(rois.shape)}")
-    if rois.dtype != features.dtype and not torch.is_autocast_enabled(features.device.type):
-        raise ModelError(f"roi_pool: rois dtype {rois.dtype} differs from features dtype {features.dtype}")
+    ph, pw = check_pooled_shape(pooled_shape, "roi_pool")
+    check_roi_inputs(features, rois, "roi_pool")
     return _roi_pool_op(features, rois, [ph, pw], float(spatial_scale))
 
 
@@ -129,12 +118,18 @@ class RoIPool(nn.Module):
 
     def __init__(self, pooled_shape: Sequence[int] | int, spatial_scale: float) -> None:
         super().__init__()
-        shape = (pooled_shape, pooled_shape) if isinstance(pooled_shape, int) else pooled_shape
-        self.pooled_shape = _check_pooled_shape(shape)
+        self.pooled_shape = check_pooled_shape(pooled_shape, "RoIPool")
         self.spatial_scale = float(spatial_scale)
 
     def forward(self, features: Tensor, rois: Tensor) -> Tensor:
         return roi_pool(features, rois, self.pooled_shape, self.spatial_scale)
+
+    def export_spec(self) -> dict[str, Any]:
+        """What ``export.json`` records of the op (its ``roi_op`` section): the ONE custom node
+        ``frcnn.RoIPool`` of ``detector.onnx`` and the TensorRT plugin it maps to."""
+        return {"type": "RoIPool", "domain": ONNX_DOMAIN, "op_type": ONNX_OP_TYPE,
+                "pooled_shape": list(self.pooled_shape), "spatial_scale": self.spatial_scale,
+                "plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
 
     def extra_repr(self) -> str:
         return f"pooled_shape={self.pooled_shape}, spatial_scale={self.spatial_scale}"

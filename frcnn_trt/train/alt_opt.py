@@ -1,4 +1,4 @@
-"""The four-stage alternating optimisation, py-faster-rcnn's ``tools/train_faster_rcnn_alt_opt.py`` (REFERENCE §9).
+"""The four-stage alternating optimisation, py-faster-rcnn's ``tools/train_faster_rcnn_alt_opt.py`` (docs/REFERENCE.md §9).
 
 ========================  ===================================  =========================================  =====
 step                      initialised from                     trains (parameter groups)                  imgs
@@ -31,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.table import Table
 
 from frcnn_trt import config as C
 from frcnn_trt import distributed
+from frcnn_trt.data.imdb import Imdb
 from frcnn_trt.data.roidb import build_training_roidb_from_config
 from frcnn_trt.errors import ConfigError
+from frcnn_trt.io import atomic_open
 from frcnn_trt.log import get_logger
 from frcnn_trt.model.checkpoint import load_state_into, load_tensors
 from frcnn_trt.model.faster_rcnn import FasterRCNN
@@ -66,10 +69,8 @@ class AltOptResult:
     generate_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def summary_table(res: AltOptResult) -> Any:
+def summary_table(res: AltOptResult) -> Table:
     """A rich table of the steps: time, output file and, for rpn_generate, backend and ms/image."""
-    from rich.table import Table
-
     table = Table(title="alt-opt", title_justify="left")
     table.add_column("step")
     table.add_column("time", justify="right")
@@ -117,7 +118,7 @@ def _load_weights(model: FasterRCNN, path: Path) -> None:
 
 def train_alt_opt(
     cfg: C.Config,
-    imdb: Any,
+    imdb: Imdb,
     output_dir: str | Path,
     *,
     weights: str | Path | None = None,
@@ -208,9 +209,8 @@ def train_alt_opt(
     # 7. the final model: shared conv + stage-2 RPN head + stage-2 Fast R-CNN head (= the stage-2 FRCN model)
     if distributed.is_main_process():  # under torchrun rank 0 alone writes
         for suffix in (".safetensors", ".json"):
-            tmp = result.final.with_name(f".{result.final.stem}{suffix}.tmp")
-            shutil.copyfile(frcn2.with_suffix(suffix), tmp)
-            tmp.replace(result.final.with_suffix(suffix))
+            with frcn2.with_suffix(suffix).open("rb") as src, atomic_open(result.final.with_suffix(suffix)) as dst:
+                shutil.copyfileobj(src, dst)
     distributed.barrier()
     logger.info("final model: %s", result.final)
     return result

@@ -1,4 +1,4 @@
-"""Approximate joint ("end2end") training, py-faster-rcnn's ``tools/train_net.py`` (REFERENCE §10).
+"""Approximate joint ("end2end") training, py-faster-rcnn's ``tools/train_net.py`` (docs/REFERENCE.md §10).
 
 The roidb is gt-only (``PROPOSAL_METHOD: gt``), targets are normalised with the precomputed means/stds
 (``BBOX_NORMALIZE_TARGETS_PRECOMPUTED: True``), and one model trains the conv body (minus the frozen
@@ -8,12 +8,12 @@ layers), the RPN head, fc6/fc7 and the predictor together with the sum of the fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from frcnn_trt import config as C
 from frcnn_trt import distributed
+from frcnn_trt.data.imdb import Imdb
 from frcnn_trt.data.roidb import build_training_roidb_from_config
 from frcnn_trt.log import get_logger
 from frcnn_trt.model.faster_rcnn import FasterRCNN
@@ -49,7 +49,7 @@ def precomputed_normalization(cfg: C.Config, num_classes: int) -> tuple[torch.Te
     return means, stds
 
 
-def train_end2end(cfg: C.Config, imdb: Any, output_dir: str | Path, *, weights: str | Path | None = None,
+def train_end2end(cfg: C.Config, imdb: Imdb, output_dir: str | Path, *, weights: str | Path | None = None,
                   resume: bool = False, device: str | None = None, num_workers: int | None = None) -> Path:
     """Train end2end on ``imdb``; returns the final checkpoint (``end2end_final.safetensors``)."""
     out = Path(output_dir)

@@ -12,19 +12,19 @@ Proposals file (``NAME.npz`` + ``NAME.json``, both written atomically): ``boxes 
 ids, the settings, the backend that ran and the SHA-256 of the model that produced them. A resumed alt-opt
 run reuses a proposals file only when its model hash and settings match.
 
-Under torchrun the images are sharded over the processes (:func:`frcnn_trt.distributed.shard`) and
-gathered back in order, so the file holds the same arrays as a single-process run's (only the timing
-``stats`` differ).
+The loop over the images is the runner's (:class:`~frcnn_trt.engines.runner.Runner`, task ``propose``): on a
+CPU backend several batches run side by side (the file is the same for any number of threads), and under
+torchrun the images are sharded over the processes and gathered back in order, so the file holds the same
+arrays as a single-process run's (only the timing ``stats`` differ). Every image needs proposals (its
+roidb entry is built from them): one that cannot be read stops the run, naming it.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,14 @@ from typing import Any
 import numpy as np
 
 from frcnn_trt import distributed
-from frcnn_trt.data.images import read_image
-from frcnn_trt.errors import DatasetError, FrcnnError
+from frcnn_trt.config import Config
+from frcnn_trt.data.imdb import Imdb
+from frcnn_trt.engines.detector import Detector
+from frcnn_trt.engines.runner import Runner, RunResult, rank_zero_first
+from frcnn_trt.errors import DatasetError, FrcnnError, ImageError
+from frcnn_trt.export.onnx_export import run_export
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
-from frcnn_trt.log import get_logger
+from frcnn_trt.log import console, get_logger
 
 logger = get_logger("rpn_generate")
 
@@ -96,8 +100,8 @@ def load_proposals(path: str | Path) -> Proposals:
                      {i: scores[s:e] for i, s, e in zip(ids, starts, ends, strict=True)}, meta)
 
 
-def generate_settings(cfg: Any) -> dict[str, Any]:
-    """The settings a proposals file depends on (py-faster-rcnn's rpn_generate overrides, REFERENCE §1)."""
+def generate_settings(cfg: Config) -> dict[str, Any]:
+    """The settings a proposals file depends on (py-faster-rcnn's rpn_generate overrides, docs/REFERENCE.md §1)."""
     t = cfg.TEST
     return {"pre_nms_top_n": -1, "post_nms_top_n": 2000, "nms_thresh": t.RPN_NMS_THRESH,
             "min_size": t.RPN_MIN_SIZE, "scale": t.SCALES[0], "max_size": t.MAX_SIZE,
@@ -120,18 +124,7 @@ def reusable(path: Path, model_sha: str, settings: Mapping[str, Any], image_ids:
     return same
 
 
-def propose_threads(det: Any, requested: int | None = None) -> int:
-    """Threads proposing at once: on a CPU, the uncapped NMS (one core each, the GIL released) dominates, so
-    up to 4 images run side by side; one on a GPU (TensorRT's execution context is single-threaded, and the
-    GPU already runs the NMS in parallel)."""
-    if requested is not None:
-        return max(1, int(requested))
-    if det.backend.device.type != "cpu" or det.backend.name not in ("onnxruntime", "torch"):
-        return 1
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Path, *, backend: str = "auto",
+def rpn_generate(checkpoint: str | Path, imdb: Imdb, cfg: Config, out_path: str | Path, *, backend: str = "auto",
                  device: str | None = None, batch_size: int = 1, resume: bool = True,
                  threads: int | None = None) -> tuple[Path, dict[str, Any]]:
     """Proposals of ``checkpoint``'s RPN for every image of ``imdb`` → a proposals file; returns it and stats.
@@ -139,15 +132,13 @@ def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Pa
     ``backend``: ``auto`` | ``tensorrt`` | ``onnxruntime`` | ``torch``. Every backend but torch runs the
     exported ``rpn.onnx`` (exported next to ``out_path``).
 
-    ``threads``: images proposed side by side (default :func:`propose_threads`); the file is the same for any
-    number.
+    ``threads``: batches proposed side by side (default
+    :func:`~frcnn_trt.engines.runner.default_threads`); the file is the same for any number.
 
     Under torchrun every rank proposes for its shard of the images (every W-th batch of ``batch_size``),
-    rank 0 gathers them and writes the file a single process would write (same order, same arrays); every
-    rank returns once it is written.
+    the proposals are gathered and rank 0 writes the file a single process would write (same order, same
+    arrays); every rank returns once it is written.
     """
-    from frcnn_trt.engines.detector import Detector
-
     out_path = Path(out_path).with_suffix(".npz")
     annotations = imdb.annotations()
     image_ids = [a.image_id for a in annotations]
@@ -158,85 +149,49 @@ def rpn_generate(checkpoint: str | Path, imdb: Any, cfg: Any, out_path: str | Pa
         return out_path, load_proposals(out_path).meta.get("stats", {})
     if distributed.env_world_size() > 1:  # under torchrun: this rank's device, and the process group
         device = str(distributed.setup_device(device or "auto"))
-    world, rank = distributed.get_world_size(), distributed.get_rank()
-
     t0 = time.perf_counter()
-
-    def load() -> Any:
-        if backend == "torch":
-            return Detector.from_checkpoint(checkpoint, "torch", device=device)
-        export_dir = out_path.with_name(out_path.stem + "_export")
-        if rank == 0:
-            from frcnn_trt.export.onnx_export import run_export
-            from frcnn_trt.log import console
-
-            run_export(checkpoint, export_dir, parity=False, console=console(stderr=True))
-        return Detector.from_export(export_dir, backend, device=device)
-
-    if world == 1 or backend == "torch":
-        det = load()
-    else:  # rank 0 exports and builds (engine caches) first; the others then load what it made
-        det = load() if rank == 0 else None
-        distributed.barrier()
-        if det is None:
-            det = load()
+    det = _load_detector(checkpoint, backend, device, out_path)
     t_load = time.perf_counter() - t0
-    mine = distributed.shard_indices(len(annotations), rank, world, chunk=batch_size)
-    logger.info("rpn_generate: %s on %d images with %s%s", Path(checkpoint).name, len(image_ids), det.describe(),
-                f" ({world} processes, {len(mine)} images here)" if world > 1 else "")
-
-    boxes: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    chunks = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
-    n_threads = propose_threads(det, threads)
-
-    def propose(chunk: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        ims = [read_image(annotations[i].path) for i in chunk]
-        return det.propose(ims, settings["pre_nms_top_n"], settings["post_nms_top_n"])
-
-    t1 = time.perf_counter()
-    with ThreadPoolExecutor(n_threads) as pool:
-        done = 0
-        for chunk, proposed in zip(chunks, pool.map(propose, chunks), strict=True):  # in order
-            for b, s in proposed:
-                boxes.append(np.asarray(b, np.float32).reshape(-1, 4))
-                scores.append(np.asarray(s, np.float32).reshape(-1))
-            done += len(chunk)
-            if done % 500 < batch_size or done == len(mine):
-                logger.info("rpn_generate: %d/%d images", done, len(mine))
-    by_id_boxes, by_id_scores = _gather(image_ids, mine, boxes, scores, batch_size)
-    seconds = time.perf_counter() - t1
-    counts = [len(by_id_boxes[i]) for i in image_ids]
-    stats = {"backend": det.describe(), "threads": n_threads, "images": len(image_ids), "seconds": round(seconds, 3),
-             "ms_per_image": round(1000 * seconds / max(len(image_ids), 1), 2), "setup_seconds": round(t_load, 3),
-             "mean_proposals": round(float(np.mean(counts)) if counts else 0.0, 1), "processes": world}
+    runner = Runner(det, task="propose", batch_size=batch_size, threads=threads, label="rpn_generate",
+                    pre_nms_top_n=settings["pre_nms_top_n"], post_nms_top_n=settings["post_nms_top_n"], log_every=500)
+    logger.info("rpn_generate: %s on %d images with %s, %d thread(s)%s", Path(checkpoint).name, len(image_ids),
+                det.describe(), runner.threads,
+                f" ({distributed.get_world_size()} processes)" if distributed.get_world_size() > 1 else "")
+    run = runner.run([a.path for a in annotations], image_ids)
+    if run.skipped:
+        raise ImageError(f"rpn_generate needs proposals for every image of {imdb.name}, but "
+                         f"{len(run.skipped)} cannot be read: " + "; ".join(str(r.error) for r in run.skipped[:5]))
+    stats = _stats(run, det, t_load)
     meta = {"settings": settings, "model": str(checkpoint), "model_sha256": model_sha, "imdb": imdb.name,
             "backend": det.backend.name, "stats": stats}
-    if rank == 0:
-        save_proposals(out_path, Proposals(image_ids, by_id_boxes, by_id_scores, meta))
+    if distributed.is_main_process():
+        found = {d.image_id: d for d in run.detections}
+        save_proposals(out_path, Proposals(image_ids, {i: found[i].boxes for i in image_ids},
+                                           {i: found[i].scores for i in image_ids}, meta))
         logger.info("rpn_generate: %d images in %.1f s (%.1f ms/image, %s, %d thread(s)), %.0f proposals/image → %s",
-                    len(image_ids), seconds, stats["ms_per_image"], det.backend.name, n_threads,
+                    len(image_ids), run.wall_seconds, stats["ms_per_image"], det.backend.name, run.threads,
                     stats["mean_proposals"], out_path)
     distributed.barrier()  # the file exists for every rank from here on
     return out_path, stats
 
 
-def _gather(image_ids: Sequence[str], mine: Sequence[int], boxes: list[np.ndarray], scores: list[np.ndarray],
-            batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every rank's proposals, by image id (in a single process: this one's)."""
-    world = distributed.get_world_size()
-    if world == 1:
-        return ({image_ids[i]: b for i, b in zip(mine, boxes, strict=True)},
-                {image_ids[i]: s for i, s in zip(mine, scores, strict=True)})
-    counts = np.array([len(b) for b in boxes], np.int64)
-    parts = distributed.all_gather_arrays({
-        "counts": counts,
-        "boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
-        "scores": np.concatenate(scores) if scores else np.zeros(0, np.float32)})
-    per_rank: list[list[tuple[np.ndarray, np.ndarray]]] = []
-    for p in parts:
-        ends = np.cumsum(p["counts"])
-        per_rank.append([(p["boxes"][e - c:e], p["scores"][e - c:e]) for c, e in zip(p["counts"], ends, strict=True)])
-    ordered = distributed.unshard(per_rank, chunk=batch_size)
-    return ({i: b for i, (b, _) in zip(image_ids, ordered, strict=True)},
-            {i: s for i, (_, s) in zip(image_ids, ordered, strict=True)})
+def _load_detector(checkpoint: str | Path, backend: str, device: str | None, out_path: Path) -> Detector:
+    """The checkpoint on the torch backend, or its export (rank 0 exports next to ``out_path``) on another."""
+    if backend == "torch":
+        return Detector.from_checkpoint(checkpoint, "torch", device=device)
+    export_dir = out_path.with_name(out_path.stem + "_export")
+
+    def load() -> Detector:
+        if distributed.is_main_process():
+            run_export(checkpoint, export_dir, parity=False, console=console(stderr=True))
+        return Detector.from_export(export_dir, backend, device=device)
+
+    return rank_zero_first(load)
+
+
+def _stats(run: RunResult, det: Detector, t_load: float) -> dict[str, Any]:
+    n = len(run.results)
+    counts = [len(d) for d in run.detections]
+    return {"backend": det.describe(), "threads": run.threads, "images": n, "seconds": round(run.wall_seconds, 3),
+            "ms_per_image": round(1000 * run.wall_seconds / max(n, 1), 2), "setup_seconds": round(t_load, 3),
+            "mean_proposals": round(float(np.mean(counts)) if counts else 0.0, 1), "processes": run.processes}

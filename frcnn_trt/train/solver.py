@@ -1,4 +1,4 @@
-"""Caffe's SGD solver as py-faster-rcnn configures it (REFERENCE §8).
+"""Caffe's SGD solver as py-faster-rcnn configures it (docs/REFERENCE.md §8).
 
 - Learning-rate multipliers: weights ×1, biases ×``BIAS_LR_MULT`` (2); weight decay on both (decay_mult 1),
   unless ``BIAS_DECAY`` is off. Frozen layers (lr_mult 0) get no parameter group at all.
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from frcnn_trt.config import SolverConfig
 from frcnn_trt.errors import ConfigError
 
 
@@ -31,7 +32,8 @@ def step_lr(base_lr: float, gamma: float, stepsize: int, iteration: int) -> floa
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], *, weight_decay: float, bias_lr_mult: float,
                  bias_decay: bool) -> list[dict[str, Any]]:
     """Two groups (weights, biases) with Caffe's lr/decay multipliers in ``lr_mult``."""
-    weights, biases = [], []
+    weights: list[nn.Parameter] = []
+    biases: list[nn.Parameter] = []
     for name, p in named:
         if not p.requires_grad:
             continue
@@ -90,7 +92,7 @@ class Solver:
             self.optimizer = torch.optim.SGD(groups, lr=base_lr, momentum=momentum)
 
     @classmethod
-    def from_config(cls, named_params: Iterable[tuple[str, nn.Parameter]], solver_cfg: Any, *,
+    def from_config(cls, named_params: Iterable[tuple[str, nn.Parameter]], solver_cfg: SolverConfig, *,
                     base_lr: float | None = None, stepsize: int | None = None) -> Solver:
         s = solver_cfg
         return cls(named_params, base_lr=s.BASE_LR if base_lr is None else base_lr, momentum=s.MOMENTUM,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from frcnn_trt.data import roidb as roidb_mod
+from frcnn_trt.data import roidb_cache
 from frcnn_trt.data.imdb import ImageAnnotation
 from frcnn_trt.data.roidb import (
     RoidbEntry,
@@ -387,7 +387,7 @@ def test_cache_sidecar_hashes_the_bytes_written(tmp_path: Path, monkeypatch: pyt
     imdb = _FakeImdb(tmp_path)
     cache = tmp_path / "cache"
     written: list[bytes] = []
-    real_write = roidb_mod.atomic_write_bytes
+    real_write = roidb_cache.atomic_write_bytes
 
     def write_then_clobber(path: Any, data: bytes) -> None:
         real_write(path, data)
@@ -395,7 +395,7 @@ def test_cache_sidecar_hashes_the_bytes_written(tmp_path: Path, monkeypatch: pyt
         if len(written) == 2:  # another writer replaces the npz between our rename and our sidecar
             Path(path).write_bytes(data + b"\0")
 
-    monkeypatch.setattr(roidb_mod, "atomic_write_bytes", write_then_clobber)
+    monkeypatch.setattr(roidb_cache, "atomic_write_bytes", write_then_clobber)
     res = build_training_roidb(imdb, use_flipped=False, cache_dir=cache)
     assert res.cache_path is not None
     meta = json.loads(res.cache_path.read_text())

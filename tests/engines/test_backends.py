@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from frcnn_trt.distributed import resolve_device
-from frcnn_trt.engines.base import Backend
 from frcnn_trt.engines.export_format import load_export
 from frcnn_trt.engines.onnxruntime_backend import OnnxRuntimeBackend
+from frcnn_trt.engines.protocol import Backend
 from frcnn_trt.engines.torch_backend import TorchBackend
 from frcnn_trt.errors import BackendError
 

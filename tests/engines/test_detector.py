@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from frcnn_trt.engines import BackendError, Detector, select_backend
-from frcnn_trt.engines.base import backend_availability
+from frcnn_trt.engines.backends import backend_availability
+from frcnn_trt.errors import ModelError
 from frcnn_trt.export.parity import compare_detections, synthetic_images
 from frcnn_trt.model.checkpoint import load_checkpoint
 from frcnn_trt.postprocess import detections_from_scores
@@ -94,8 +95,10 @@ def test_propose_is_rpn_generate_and_equal_across_backends(detectors: dict[str, 
     from frcnn_trt.data.blob import compute_scale
 
     for im in images:
-        ref_boxes, ref_scores = detectors["torch"].propose([im])[0]
-        boxes, scores = detectors["onnxruntime"].propose([im])[0]
+        ref = detectors["torch"].propose([im])[0]
+        got = detectors["onnxruntime"].propose([im])[0]
+        ref_boxes, ref_scores, boxes, scores = ref.boxes, ref.scores, got.boxes, got.scores
+        assert ref.is_proposals and ref.label_names == [] and ref.size == got.size == im.shape[:2]
         assert boxes.shape == ref_boxes.shape and boxes.shape[0] > 300  # uncapped pre-NMS, up to 2000 kept
         # the same set of boxes (within 1e-3 px) with the same scores; boxes with exactly tied scores may come
         # out of the sort in another order on another backend
@@ -107,8 +110,15 @@ def test_propose_is_rpn_generate_and_equal_across_backends(detectors: dict[str, 
         s = compute_scale(h, w, 240, 400)
         # original-image coordinates: within (W·s − 1) / s of the blob, i.e. about the original image
         assert boxes[:, 2].max() <= (round(w * s) - 1) / s + 1e-3 and boxes[:, 3].max() <= (round(h * s) - 1) / s + 1e-3
-    capped = detectors["torch"].propose(images[:1], pre_nms_top_n=6000, post_nms_top_n=300)[0][0]
+    capped = detectors["torch"].propose(images[:1], pre_nms_top_n=6000, post_nms_top_n=300)[0].boxes
     assert capped.shape[0] == 300
+    # run(): one batch of either task with this call's own timing (what the runner's threads use)
+    dets, times = detectors["torch"].run(images[:2], "propose", pre_nms_top_n=6000, post_nms_top_n=300)
+    assert len(dets) == 2 and len(dets[0]) == 300 and times.images == 2 and times.detector == 0.0
+    dets, times = detectors["torch"].run(images[:1])
+    assert not dets[0].is_proposals and times.detector > 0 and dets[0].size == images[0].shape[:2]
+    with pytest.raises(ModelError, match="task"):
+        detectors["torch"].run(images[:1], "segment")  # type: ignore[arg-type]
 
 
 def test_auto_and_explicit_backend_choice(exported: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:

@@ -19,7 +19,8 @@ import pytest
 import torch
 import torchvision
 
-from frcnn_trt.engines.plugin import kernel as K
+from frcnn_trt.engines.tensorrt import kernel as K
+from frcnn_trt.engines.tensorrt.cuda_launch import run_roi_pool_cuda
 from frcnn_trt.errors import BackendError, ModelError
 
 ALL_DTYPES = [("float32", "float32"), ("float16", "float32"), ("float16", "float16")]
@@ -59,7 +60,7 @@ def compiler() -> str:
 
 
 def test_source_is_package_data() -> None:
-    text = importlib.resources.files("frcnn_trt.engines.plugin").joinpath("roi_pool.cu").read_text()
+    text = importlib.resources.files("frcnn_trt.engines.tensorrt").joinpath("roi_pool.cu").read_text()
     for entry in K.ENTRY_NAMES:
         assert f'extern "C" __global__ void {entry}(' in text
 
@@ -179,7 +180,7 @@ def test_compile_error_is_backend_error(compiler: str) -> None:
     with pytest.raises(BackendError, match="frcnn_undefined_symbol"):
         K.compile_source_to_ptx('extern "C" __global__ void k() { frcnn_undefined_symbol(); }')
     # roi_pool.cu refuses to build without the baked constants.
-    raw = importlib.resources.files("frcnn_trt.engines.plugin").joinpath("roi_pool.cu").read_text()
+    raw = importlib.resources.files("frcnn_trt.engines.tensorrt").joinpath("roi_pool.cu").read_text()
     with pytest.raises(BackendError, match="FRCNN_POOLED_H"):
         K.compile_source_to_ptx(raw)
 
@@ -228,11 +229,11 @@ def test_launch_config(num_outputs: int, grid: int) -> None:
 
 def test_run_rejects_cpu_tensors() -> None:
     with pytest.raises(ModelError, match="CUDA tensors"):
-        K.run_roi_pool_cuda(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), (2, 2), 1.0)
+        run_roi_pool_cuda(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), (2, 2), 1.0)
 
 
 def test_torchvision_is_the_reference_semantics() -> None:
-    """The GPU tests compare against torchvision.ops.roi_pool; pin that it is REFERENCE §8 (Caffe)."""
+    """The GPU tests compare against torchvision.ops.roi_pool; pin that it is docs/REFERENCE.md §8 (Caffe)."""
     feats = -torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)  # max of a bin = its top-left element
     rois = torch.tensor(
         [
@@ -312,7 +313,7 @@ def _run(
     **kwargs: Any,
 ) -> torch.Tensor:
     to = {"float32": torch.float32, "float16": torch.float16}
-    out = K.run_roi_pool_cuda(feats.to(to[dtype]), rois.to(to[rois_dtype]), pooled_shape, scale, **kwargs)
+    out = run_roi_pool_cuda(feats.to(to[dtype]), rois.to(to[rois_dtype]), pooled_shape, scale, **kwargs)
     torch.cuda.synchronize()
     assert out.dtype == to[dtype]
     assert out.shape == (rois.shape[0], feats.shape[1], *pooled_shape)

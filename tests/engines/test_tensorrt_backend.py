@@ -1,4 +1,4 @@
-"""The TensorRT backend (frcnn_trt.engines.tensorrt_backend).
+"""The TensorRT backend (frcnn_trt.engines.tensorrt.backend).
 
 On a CPU-only machine: availability says why it cannot run, ``auto`` passes it over, the profile check names
 the profile, options are checked. With a GPU and TensorRT (markers ``gpu`` and ``tensorrt``): engines built
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn_trt.engines.base import backend_availability
+from frcnn_trt.engines.backends import backend_availability
 from frcnn_trt.engines.export_format import load_export
-from frcnn_trt.engines.tensorrt_backend import TensorRTBackend, availability, check_profile
-from frcnn_trt.engines.trt_build import probe_tensorrt
+from frcnn_trt.engines.tensorrt.backend import TensorRTBackend, availability, check_profile
+from frcnn_trt.engines.tensorrt.runtime import probe_tensorrt
 from frcnn_trt.errors import BackendError
 from tests.helpers import tiny_export
 

@@ -1,4 +1,4 @@
-"""The ``frcnn::RoIPool`` quickly deployable plugin (frcnn_trt.engines.plugin.trt_plugin) without TensorRT.
+"""The ``frcnn::RoIPool`` quickly deployable plugin (frcnn_trt.engines.tensorrt.plugin) without TensorRT.
 
 ``tensorrt.plugin`` exists only in the real TensorRT (≥ 10.9 for AOT), which cannot be installed here. So the
 registration code runs against a stand-in ``tensorrt.plugin`` that records what is registered and checks the
@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from frcnn_trt.engines.plugin import trt_plugin as tp
+from frcnn_trt.engines.tensorrt import plugin as tp
 from frcnn_trt.errors import BackendError, ModelError
 
 
 def _nvrtc_ok() -> bool:
-    from frcnn_trt.engines.plugin.kernel import nvrtc_version
+    from frcnn_trt.engines.tensorrt.kernel import nvrtc_version
 
     try:
         nvrtc_version()
@@ -39,7 +39,7 @@ requires_nvrtc = pytest.mark.skipif(not _nvrtc_ok(), reason="NVRTC not available
 
 
 def _real_tensorrt() -> bool:
-    from frcnn_trt.engines.trt_build import probe_tensorrt
+    from frcnn_trt.engines.tensorrt.runtime import probe_tensorrt
 
     return probe_tensorrt("tensorrt")[0] is not None
 
@@ -165,7 +165,7 @@ def test_registration_matches_the_tensorrt_plugin_schema(monkeypatch: pytest.Mon
 def test_aot_impl_launch_and_extra_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    from frcnn_trt.engines.plugin.kernel import BLOCK_SIZE, ptx_entries, ptx_isa_version
+    from frcnn_trt.engines.tensorrt.kernel import BLOCK_SIZE, ptx_entries, ptx_isa_version
 
     monkeypatch.setattr(tp, "_REGISTERED", set())
     trtp = FakeTRTP()
@@ -230,7 +230,7 @@ def test_pooled_shape_of() -> None:
 
 @pytest.mark.tensorrt
 def test_missing_plugin_message_names_search_and_version() -> None:
-    from frcnn_trt.engines.trt_build import probe_tensorrt
+    from frcnn_trt.engines.tensorrt.runtime import probe_tensorrt
 
     info, why = probe_tensorrt("tensorrt_rtx")
     if info is None:

@@ -1,4 +1,4 @@
-"""VOC AP as py-faster-rcnn's voc_eval.py (REFERENCE §12): hand-worked cases and a loop reference."""
+"""VOC AP as py-faster-rcnn's voc_eval.py (docs/REFERENCE.md §12): hand-worked cases and a loop reference."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def test_images_without_detections_and_empty_detections() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Loop reference: REFERENCE §12 written out one detection at a time, on 1-based results-file values.
+# Loop reference: docs/REFERENCE.md §12 written out one detection at a time, on 1-based results-file values.
 # ------------------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from frcnn_trt.boxes import generate_anchors
-from frcnn_trt.engines.export_format import load_export
+from frcnn_trt.engines.detector import InferenceSettings
+from frcnn_trt.engines.export_format import export_json, load_export
 from frcnn_trt.errors import ExportError
 from frcnn_trt.export.onnx_export import export_model, find_default_checkpoint
 from frcnn_trt.io import sha256_file
@@ -116,6 +117,10 @@ def test_export_json(exported: tuple[Path, Path]) -> None:
     assert prof["detector.onnx"]["rois"] == {"min": [1, 5], "opt": [300, 5], "max": [2000, 5]}
     assert prof["detector.onnx"]["features"]["max"][2:] == [25, 25]
     assert data["opset"] == 20
+    roi_pool = {"domain": "frcnn", "op_type": "RoIPool", "pooled_shape": [7, 7], "spatial_scale": 0.0625,
+                "plugin_namespace": "frcnn", "plugin_version": "1"}
+    assert data["roi_op"] == {"type": "RoIPool", **roi_pool}
+    assert data["roi_pool"] == roi_pool  # the section older readers know
     assert set(data["versions"]) >= {"torch", "onnx", "onnxruntime", "frcnn_trt"}
     assert data["precision"] == {"rpn.onnx": "fp32", "detector.onnx": "fp32"}
     assert data["source"]["sha256"] == sha256_file(ckpt)
@@ -161,6 +166,25 @@ def test_load_export_errors(exported: tuple[Path, Path], tmp_path: Path) -> None
     (missing / "export.json").write_text("{not json")
     with pytest.raises(ExportError, match="not JSON"):
         load_export(missing)
+
+
+def test_roi_op_of_an_export_without_the_section(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """An export.json written before ``roi_op`` existed reads as RoIPool, which needs the plugin."""
+    _, out = exported
+    assert load_export(out).needs_roi_pool_plugin
+    old = _copy_export(out, tmp_path / "old")
+    data = json.loads((old / "export.json").read_text())
+    del data["roi_op"]
+    (old / "export.json").write_text(json.dumps(data))
+    info = load_export(old)
+    assert info.roi_op == {"type": "RoIPool", **data["roi_pool"]} and info.needs_roi_pool_plugin
+
+
+def test_export_json_refuses_an_unknown_roi_op() -> None:
+    with pytest.raises(ExportError, match="unknown RoI op 'PSRoIPool'"):
+        export_json(net="tiny", class_names=["a", "b"], settings=InferenceSettings(("a", "b")),
+                    roi_op={"type": "PSRoIPool"}, shape_profiles={}, feature_map={}, opset=20, precision="fp32",
+                    precision_notes="", files={})
 
 
 def test_export_refuses_bad_arguments(model: torch.nn.Module, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def meta_nets() -> dict[str, Backbone]:
 
 
 def test_vgg16_600x1000_is_38x63(meta_nets: dict[str, Backbone]) -> None:
-    # REFERENCE §5: proposal_rpn_generate runs on a 38×63 map for a 600×1000 blob.
+    # docs/REFERENCE.md §5: proposal_rpn_generate runs on a 38×63 map for a 600×1000 blob.
     assert meta_nets["VGG16"].feature_size(600, 1000) == (38, 63)
     assert meta_nets["VGG16"].feature_size(600, 800) == (38, 50)  # the 38×50 proposal_test case
 

@@ -3,10 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from frcnn_trt import config as C
 from frcnn_trt.data.loader import Batch
-from frcnn_trt.errors import ModelError
+from frcnn_trt.errors import ConfigError, ModelError
+from frcnn_trt.model.backbones import build_network
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.model.rpn import rpn_cls_prob
+from frcnn_trt.ops.roi_align import RoIAlign
+from frcnn_trt.ops.roi_pool import RoIPool
 from tests.helpers import tiny_cfg
 
 
@@ -97,3 +101,42 @@ def test_parameter_groups_cover_every_parameter_once() -> None:
     assert any("conv1_1" in n for n in frozen) and any("conv2_2" in n for n in frozen)
     assert not any("conv3_1" in n for n in frozen)
     assert {n.split(".")[2] for n, _ in groups["fc"]} >= {"fc6", "fc7"}
+
+
+def test_roi_op_follows_the_config() -> None:
+    default = FasterRCNN.from_config(tiny_cfg(), num_classes=4)
+    assert isinstance(default.box_roi_pool, RoIPool)  # py-faster-rcnn's op unless asked otherwise
+    assert default.box_roi_pool.pooled_shape == (7, 7) and default.box_roi_pool.spatial_scale == 1 / 16
+    align = FasterRCNN.from_config(tiny_cfg(MODEL={"ROI_OP": "RoIAlign", "ROI_ALIGN_SAMPLING_RATIO": 0}), 4)
+    assert isinstance(align.box_roi_pool, RoIAlign) and align.box_roi_pool.sampling_ratio == 0
+    assert align.box_roi_pool.export_spec()["pooled_shape"] == [7, 7]
+    # no parameters: checkpoints of either op hold the same tensors
+    assert default.state_dict().keys() == align.state_dict().keys()
+    # the RoIAlign model trains and detects like the RoIPool one
+    losses = align.train()(_batch(), stage="end2end", generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert align.predictor.cls_score.weight.grad is not None and align.rpn.conv.weight.grad is not None
+    scores, boxes = align.eval().im_detect(_batch().images, _batch().im_info, torch.tensor([[112.0, 144.0]] * 2))[0]
+    assert scores.shape[1] == 4 and boxes.shape[1] == 16
+
+
+def test_roi_op_is_a_constructor_argument() -> None:
+    cfg = tiny_cfg()
+    ref = FasterRCNN.from_config(cfg, 4)
+    op = RoIAlign(7, 1 / 16, sampling_ratio=1)
+    parts = {k: getattr(ref, k) for k in ("anchor_target", "proposal_train", "proposal_test", "proposal_target",
+                                          "roidb_sampling")}
+    model = FasterRCNN(build_network("tiny"), 4, **parts, box_roi_pool=op)
+    assert model.box_roi_pool is op
+    assert isinstance(FasterRCNN(build_network("tiny"), 4, **parts).box_roi_pool, RoIPool)  # the default
+
+
+def test_unknown_roi_op_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"MODEL\.ROI_OP: unknown RoI op 'RoiAlign' \(did you mean RoIAlign\?\); "
+                                          r"choose one of RoIPool, RoIAlign"):
+        tiny_cfg(MODEL={"ROI_OP": "RoiAlign"})
+    with pytest.raises(ConfigError, match=r"'PSRoIPool'.*RoIPool, RoIAlign"):
+        C.from_list(["MODEL.ROI_OP", "PSRoIPool"])
+    with pytest.raises(ConfigError, match="ROI_ALIGN_SAMPLING_RATIO must be ≥ 0"):
+        tiny_cfg(MODEL={"ROI_ALIGN_SAMPLING_RATIO": -1})

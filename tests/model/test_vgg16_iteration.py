@@ -40,5 +40,5 @@ def test_vgg16_end2end_iteration_at_600x1000() -> None:
     assert torch.equal(before["backbone.body.conv2_2.weight"], after["backbone.body.conv2_2.weight"])
     assert not torch.equal(before["backbone.body.conv3_1.weight"], after["backbone.body.conv3_1.weight"])
     assert not torch.equal(before["backbone.box_head.fc6.weight"], after["backbone.box_head.fc6.weight"])
-    # the feature map of a 600×1000 blob is 38×63, as Caffe's (REFERENCE §5)
+    # the feature map of a 600×1000 blob is 38×63, as Caffe's (docs/REFERENCE.md §5)
     assert model.backbone.feature_size(600, 1000) == (38, 63)

@@ -182,7 +182,8 @@ def test_iters_option() -> None:
 def test_rpn_generate_threads_write_the_same_file(recorded: dict[str, Any], tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from frcnn_trt.train.rpn_generate import propose_threads, rpn_generate
+    from frcnn_trt.engines.runner import default_threads as propose_threads
+    from frcnn_trt.train.rpn_generate import rpn_generate
 
     res, imdb = recorded["result"], recorded["imdb"]
     model = res.stage_checkpoints["stage2_rpn"]
@@ -197,7 +198,8 @@ def test_rpn_generate_threads_write_the_same_file(recorded: dict[str, Any], tmp_
     assert all(np.array_equal(a.boxes[i], b.boxes[i]) and np.array_equal(a.scores[i], b.scores[i]) for i in a.image_ids)
 
     def det(name: str, device: str) -> Any:
-        return SimpleNamespace(backend=SimpleNamespace(name=name, device=torch.device(device)))
+        return SimpleNamespace(backend=SimpleNamespace(name=name, device=torch.device(device),
+                                                       concurrent_calls=name in ("torch", "onnxruntime")))
 
     assert propose_threads(det("tensorrt", "cuda")) == 1 and propose_threads(det("torch", "cuda")) == 1
     assert 1 <= propose_threads(det("onnxruntime", "cpu")) <= 4 and propose_threads(det("tensorrt", "cuda"), 2) == 2

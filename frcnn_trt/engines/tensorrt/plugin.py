@@ -12,12 +12,16 @@ parser, the same parser code as TensorRT's). :func:`register_plugin` registers, 
 
 - ``@trtp.register``: the shape/dtype descriptor above;
 - ``@trtp.autotune``: (FP32 features, FP32 rois, FP32 out) or (FP16, FP32, FP16), linear layout;
-- ``@trtp.aot_impl`` (TensorRT ≥ 10.9): the PTX of :mod:`frcnn_trt.engines.plugin.kernel` with the pooled
+- ``@trtp.aot_impl`` (TensorRT ≥ 10.9): the PTX of :mod:`frcnn_trt.engines.tensorrt.kernel` with the pooled
   shape and the float32 spatial scale baked in (AOT plugin attributes are not serialized and AOT extra
   arguments are integers only), declared PTX ISA 7.0 so that older drivers load it; extra arguments
   ``N, C, H, W, R``. The kernel is stored in the engine, which then runs without Python;
 - ``@trtp.impl`` (JIT, for debugging): ``torchvision.ops.roi_pool`` on the plugin's stream; an engine
   built with it needs this registration (and Python) to run.
+
+Only a detector graph with the custom node needs it (``ExportInfo.needs_roi_pool_plugin``); ONNX ``RoiAlign``
+goes through TensorRT's standard plugin library instead
+(:func:`frcnn_trt.engines.tensorrt.runtime.init_standard_plugins`).
 
 Importing this module needs no TensorRT; :func:`register_plugin` raises :class:`BackendError` naming the
 TensorRT version needed when ``tensorrt.plugin`` or its ahead-of-time API is missing.
@@ -31,6 +35,13 @@ from collections.abc import Sequence
 from types import GenericAlias
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+import torch
+import torchvision
+
+from frcnn_trt.engines.tensorrt.kernel import BLOCK_SIZE, DEFAULT_ARCH, compile_ptx, kernel_name
+from frcnn_trt.engines.tensorrt.runtime import load_tensorrt
 from frcnn_trt.errors import BackendError, ModelError
 
 __all__ = [
@@ -84,8 +95,6 @@ def aot_kernel(pooled_shape: Sequence[int] | Any, spatial_scale: float, dtype: s
                *, arch: str | None = None) -> tuple[bytes, bytes]:
     """``(kernel name, PTX)`` for the AOT implementation: FP32 RoIs, features/output of ``dtype``,
     pooled shape and float32 spatial scale baked in, PTX ISA :data:`PTX_ISA`."""
-    from frcnn_trt.engines.plugin.kernel import DEFAULT_ARCH, compile_ptx, kernel_name
-
     shape = pooled_shape_of(pooled_shape)
     ptx = compile_ptx(shape, float(spatial_scale), dtype, "float32", arch=arch or DEFAULT_ARCH, ptx_isa=PTX_ISA)
     return kernel_name(dtype, "float32").encode(), ptx.encode()
@@ -95,8 +104,6 @@ def aot_kernel(pooled_shape: Sequence[int] | Any, spatial_scale: float, dtype: s
 
 
 def _tensorrt(flavour: str) -> Any:
-    from frcnn_trt.engines.trt_build import load_tensorrt
-
     return load_tensorrt(flavour)
 
 
@@ -129,9 +136,6 @@ def _annotate(fn: Any, annotations: dict[str, Any]) -> Any:
 
 def _define(trt: Any, trtp: Any, aot: bool) -> None:
     """Register descriptor, autotune, JIT impl and (``aot``) the AOT impl with ``tensorrt.plugin``."""
-    import numpy as np
-    import numpy.typing as npt
-
     int_array = npt.NDArray[np.int32]
     tdesc = trtp.TensorDesc
 
@@ -151,9 +155,6 @@ def _define(trt: Any, trtp: Any, aot: bool) -> None:
 
     def roi_pool_impl(features: Any, rois: Any, pooled_shape: Any, spatial_scale: Any, outputs: Any,
                       stream: Any) -> None:
-        import torch
-        import torchvision
-
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             f = torch.as_tensor(features, device="cuda")
             r = torch.as_tensor(rois, device="cuda")
@@ -172,8 +173,6 @@ def _define(trt: Any, trtp: Any, aot: bool) -> None:
 
     def roi_pool_aot(features: Any, rois: Any, pooled_shape: Any, spatial_scale: Any, outputs: Any,
                      tactic: Any) -> Any:
-        from frcnn_trt.engines.plugin.kernel import BLOCK_SIZE
-
         dtype = "float16" if features.dtype == trt.float16 else "float32"
         name, ptx = aot_kernel(pooled_shape, spatial_scale, dtype)
         f = features.shape_expr
@@ -233,7 +232,7 @@ def missing_plugin_message(flavour: str = "tensorrt") -> str:
     _, _, status = plugin_module_status(flavour)
     return (f"plugin {PLUGIN_ID} version {PLUGIN_VERSION} not found in the plugin registry of {label}: searched "
             f"get_plugin_registry().get_creator({PLUGIN_NAME!r}, {PLUGIN_VERSION!r}, {PLUGIN_NAMESPACE!r}) "
-            f"after frcnn_trt.engines.plugin.trt_plugin.register_plugin(); tensorrt.plugin: {status}; "
+            f"after frcnn_trt.engines.tensorrt.plugin.register_plugin(); tensorrt.plugin: {status}; "
             f"registered creators: {', '.join(creators) or 'none'}")
 
 

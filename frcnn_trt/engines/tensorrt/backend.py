@@ -1,12 +1,14 @@
 """The TensorRT backend: ``rpn.onnx`` and ``detector.onnx`` as TensorRT engines, run on torch CUDA tensors.
 
 Glossary: ``N`` images, ``H × W`` blob size, ``C`` feature channels, ``H' × W'`` feature map, ``R`` RoIs,
-``K`` classes including background (see :mod:`frcnn_trt.engines.base`).
+``K`` classes including background (see :mod:`frcnn_trt.engines.protocol`).
 
-- Engines come from :mod:`frcnn_trt.engines.trt_build` (built on first use, or reused from the cache
+- Engines come from :mod:`frcnn_trt.engines.tensorrt.build` (built on first use, or reused from the cache
   ``<export>/engines`` under a key of ONNX hash, settings, TensorRT version and GPU compute capability).
-- The ``frcnn::RoIPool`` plugin (:mod:`frcnn_trt.engines.plugin.trt_plugin`) is registered before any parse
-  or deserialisation; an AOT-built detector engine carries its kernel and needs no Python to run.
+- The detector's RoI op decides its plugin (``ExportInfo.needs_roi_pool_plugin``): the ``frcnn::RoIPool``
+  plugin (:mod:`frcnn_trt.engines.tensorrt.plugin`) is registered before any parse or deserialisation (an
+  AOT-built detector engine carries its kernel and needs no Python to run); a RoIAlign export's engine uses
+  TensorRT's standard ``ROIAlign_TRT`` plugin, whose library is initialised instead.
 - Execution: one execution context per engine, input shapes set per call, inputs and outputs are torch CUDA
   tensors whose addresses go to ``set_tensor_address``; ``execute_async_v3`` runs on torch's current stream
   of the device, so nothing waits on the host and later torch work is ordered after it (no host round trip).
@@ -25,51 +27,58 @@ import torch
 from torch import Tensor
 
 from frcnn_trt.distributed import resolve_device
-from frcnn_trt.engines.base import BACKEND_OPTIONS, Backend
-from frcnn_trt.engines.trt_build import (
-    BuildSettings,
-    EngineResult,
-    _Logger,
-    build_engines,
+from frcnn_trt.engines.export_format import ExportInfo
+from frcnn_trt.engines.protocol import Backend, BackendSpec
+from frcnn_trt.engines.tensorrt import plugin
+from frcnn_trt.engines.tensorrt.build import build_engines
+from frcnn_trt.engines.tensorrt.cache import EngineResult
+from frcnn_trt.engines.tensorrt.runtime import (
+    INSTALL_HINTS,
+    Shape,
+    TensorRTLogger,
     dims_tuple,
+    init_standard_plugins,
     probe_tensorrt,
     use_flavour,
 )
+from frcnn_trt.engines.tensorrt.settings import BuildSettings
 from frcnn_trt.errors import BackendError
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from frcnn_trt.engines.export_format import ExportInfo
+    from frcnn_trt.model.faster_rcnn import FasterRCNN
 else:
-    from frcnn_trt.engines.trt_build import trt
+    from frcnn_trt.engines.tensorrt.runtime import trt
 
-__all__ = ["TensorRTBackend", "availability", "check_profile"]
+__all__ = ["SPEC", "TensorRTBackend", "availability", "check_profile"]
 
 log = logging.getLogger("frcnn_trt.engines.tensorrt")
 
-Shape = tuple[int, ...]
+#: the BuildSettings fields the backend takes as options (the other options are from_export's own arguments)
+_SETTINGS_OPTIONS = frozenset({"precision", "workspace_mib", "optimization_level", "plugin_impl", "timing_cache"})
+#: every option of the tensorrt backend (``Detector.from_export(backend_options=...)``)
+OPTIONS = _SETTINGS_OPTIONS | {"cache_dir", "build", "force", "verbose"}
 
-#: the BuildSettings fields among the tensorrt backend's options (the rest are from_export's own arguments)
-_SETTINGS_OPTIONS = BACKEND_OPTIONS["tensorrt"] - {"cache_dir", "build", "force", "verbose"}
 
-
-def availability(device: torch.device) -> tuple[bool, str]:
-    """``(can run here, why)``: TensorRT (not only its type stubs), a CUDA device, and ``tensorrt.plugin``."""
-    from frcnn_trt.engines.plugin.trt_plugin import plugin_module_status
-
+def availability(device: torch.device, info: ExportInfo | None = None) -> tuple[bool, str]:
+    """``(can run here, why)``: TensorRT (not only its type stubs), a CUDA device and, unless ``info`` is an
+    export without the custom RoIPool node (RoIAlign: TensorRT's own plugin), ``tensorrt.plugin``."""
     if device.type != "cuda":
         return False, f"TensorRT runs on a CUDA GPU, and the device is {device}"
-    info, why = probe_tensorrt("tensorrt")
-    if info is None:
+    trt_info, why = probe_tensorrt("tensorrt")
+    if trt_info is None:
         return False, why
-    has_module, has_aot, status = plugin_module_status("tensorrt")
-    if not has_module:
-        return False, f"{info.label} cannot run the RoIPool plugin: {status}"
+    if info is not None and not info.needs_roi_pool_plugin:
+        roi = f"{info.roi_op.get('type', 'RoI op')} through TensorRT's standard plugin library"
+    else:
+        has_module, has_aot, status = plugin.plugin_module_status("tensorrt")
+        if not has_module:
+            return False, f"{trt_info.label} cannot run the RoIPool plugin: {status}"
+        roi = "AOT plugin" if has_aot else "JIT (Python) plugin only"
     index = device.index if device.index is not None else torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
-    plugin = "AOT plugin" if has_aot else "JIT (Python) plugin only"
-    return True, f"{info.label}, {torch.cuda.get_device_name(index)} (sm {major}.{minor}), {plugin}"
+    return True, f"{trt_info.label}, {torch.cuda.get_device_name(index)} (sm {major}.{minor}), {roi}"
 
 
 def check_profile(input_name: str, shape: Sequence[int], profile: tuple[Shape, Shape, Shape], where: str) -> None:
@@ -166,9 +175,8 @@ class TensorRTBackend(Backend):
         precision: str = "fp32",
         io_names: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
         label: str = "",
+        roi_pool_plugin: bool = True,
     ) -> None:
-        from frcnn_trt.engines.plugin import trt_plugin
-
         dev = resolve_device(device)
         if dev.type != "cuda":
             raise BackendError(f"the tensorrt backend runs on a CUDA GPU, not {dev}")
@@ -177,9 +185,8 @@ class TensorRTBackend(Backend):
         self.precision = precision
         with use_flavour("tensorrt") as module:
             self.tensorrt_version = str(module.__version__)
-            # before any deserialisation: a JIT-built detector engine looks its creator up in the registry
-            trt_plugin.register_plugin(jit=True)
-            self._logger = _Logger.create()
+            _plugins_before_deserialising(roi_pool_plugin)
+            self._logger = TensorRTLogger.create()
             self._runtime = trt.Runtime(self._logger)
             names = io_names or {}
             with torch.cuda.device(self.device):
@@ -210,8 +217,9 @@ class TensorRTBackend(Backend):
         **options: Any,
     ) -> TensorRTBackend:
         """Engines of ``info`` from the cache (``<export>/engines`` unless ``cache_dir``), built when missing
-        (``build=False``: BackendError instead). ``options``: :class:`~frcnn_trt.engines.trt_build.BuildSettings`
-        fields (``precision``, ``workspace_mib``, ``optimization_level``, ``plugin_impl``, ``timing_cache``)."""
+        (``build=False``: BackendError instead). ``options``:
+        :class:`~frcnn_trt.engines.tensorrt.settings.BuildSettings` fields (``precision``, ``workspace_mib``,
+        ``optimization_level``, ``plugin_impl``, ``timing_cache``)."""
         unknown = set(options) - _SETTINGS_OPTIONS
         if unknown:
             raise BackendError(f"unknown tensorrt backend option(s) {sorted(unknown)}; known: "
@@ -229,7 +237,8 @@ class TensorRTBackend(Backend):
                     for name, onnx in (("rpn", "rpn.onnx"), ("detector", "detector.onnx"))}
         rpn, det = engines["rpn"], engines["detector"]
         backend = cls(rpn.path, det.path, device=dev, precision=det.precision, io_names=io_names,
-                      label=f"{rpn.tensorrt}, sm {rpn.compute_capability}")
+                      label=f"{rpn.tensorrt}, sm {rpn.compute_capability}",
+                      roi_pool_plugin=info.needs_roi_pool_plugin)
         backend.engines = dict(engines)
         return backend
 
@@ -264,3 +273,35 @@ def _read(engine: str | Path | bytes) -> bytes:
 
 def _where(engine: str | Path | bytes, name: str) -> str:
     return f"the {name} engine" if isinstance(engine, bytes) else f"the {name} engine {engine}"
+
+
+def _plugins_before_deserialising(roi_pool_plugin: bool) -> None:
+    """A detector engine finds its RoI op's plugin creator in the registry when it is deserialised: ours
+    (``jit=True``: a JIT-built engine needs the Python implementation too), or TensorRT's standard library."""
+    if roi_pool_plugin:
+        plugin.register_plugin(jit=True)
+    else:
+        init_standard_plugins("tensorrt")
+
+
+def version() -> str | None:
+    """The installed TensorRT's version, or ``None`` when it is absent (type stubs alone do not count)."""
+    info, _ = probe_tensorrt("tensorrt")
+    return info.version if info is not None else None
+
+
+def load(info: ExportInfo, device: torch.device, options: Mapping[str, Any], model: FasterRCNN | None = None
+         ) -> TensorRTBackend:
+    """The spec's loader: engines of ``info`` (from the cache, or built), on ``device`` (``model`` unused)."""
+    return TensorRTBackend.from_export(info, device, **options)
+
+
+SPEC = BackendSpec(
+    name="tensorrt",
+    summary="TensorRT engines on a CUDA GPU (built from the export, cached)",
+    availability=availability,
+    options=OPTIONS,
+    loader=load,
+    version=version,
+    install=INSTALL_HINTS["tensorrt"],
+)

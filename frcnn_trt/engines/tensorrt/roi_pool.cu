@@ -15,7 +15,7 @@
 //   features [N, C, H, W] contiguous;  rois [R, 5] contiguous (batch_index, x1, y1, x2, y2) in image
 //   pixels;  output [R, C, PH, PW] contiguous.
 //
-// Compile-time constants (written by frcnn_trt.engines.plugin.kernel.kernel_source): TensorRT AOT
+// Compile-time constants (written by frcnn_trt.engines.tensorrt.kernel.kernel_source): TensorRT AOT
 // plugins pass only integer extra arguments and do not serialize plugin attributes, so the float
 // spatial scale and the pooled shape are baked into the PTX:
 //   FRCNN_POOLED_H, FRCNN_POOLED_W   positive int literals

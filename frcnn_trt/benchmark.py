@@ -260,8 +260,8 @@ def _print_table(con: Any, r: BenchmarkResult) -> None:
     for t in r.timings:
         con.print(f"  {t.backend}: " + (f"[red]{t.error}[/]" if t.error else
                                         f"{t.description}, {t.detections_per_image:.1f} detections/image"))
-    con.print("[dim]historical anchor (docs/REFERENCE.md §13; whole pipeline per image, other hardware, for orientation "
-              "only):[/]")
+    con.print("[dim]historical anchor (docs/REFERENCE.md §13; whole pipeline per image, other hardware, "
+              "for orientation only):[/]")
     for ref in REFERENCE_SPEEDS:
         con.print(f"[dim]  {ref['source']}: {ref['net']} on {ref['hardware']}: {ref['ms_per_image']:.0f} ms "
                   f"({1000 / ref['ms_per_image']:.1f} images/s)[/]")

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from frcnn_trt import config as C
 from frcnn_trt.engines.backends import BACKEND_NAMES
 from frcnn_trt.errors import FrcnnError
 from frcnn_trt.log import console, setup_logging
@@ -79,7 +80,6 @@ def _set_pairs(ctx: typer.Context) -> list[str]:
 
 
 def _config(cfg_files: list[Path] | None, ctx: typer.Context, **sections: Any) -> Any:
-    from frcnn_trt import config as C
 
     cfg = C.resolve(cfg_files or [], [])
     if sections:
@@ -200,14 +200,13 @@ app.add_typer(train_app, name="train")
 
 
 def _train_config(net: str, mode: str, cfg_files: list[Path] | None, ctx: typer.Context, **sections: Any) -> Any:
-    from frcnn_trt import config as C
 
     files = list(cfg_files) if cfg_files else [C.default_for(net, mode)]
     cfg = C.override(C.resolve(files), MODEL={"NET": net}, **sections)
     return C.from_list(_set_pairs(ctx), cfg)
 
 
-def _output_dir(output: Path | None, cfg: Any, imdb_name: str) -> Path:
+def _output_dir(output: Path | None, cfg: C.Config, imdb_name: str) -> Path:
     """py-faster-rcnn's ``output/<EXP_DIR>/<imdb name>/`` unless given."""
     return output or Path("output") / cfg.EXP_DIR / imdb_name.replace("/", "_").replace(":", "_")
 
@@ -226,7 +225,6 @@ def train_end2end_cmd(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 (default: DEVICE of the config).")] = None,
     data_root: DataRoot = Path("data"),
 ) -> None:
-    from frcnn_trt import config as C
     from frcnn_trt.data.factory import get_imdb
     from frcnn_trt.train.end2end import train_end2end
 
@@ -387,13 +385,41 @@ def export_cmd(
     atomic_write_json(meta_path, meta)
 
 
+import_app = typer.Typer(help="Import models trained elsewhere as frcnn-trt checkpoints.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("caffe")
+def import_caffe_cmd(
+    model: Annotated[Path, typer.Argument(help="py-faster-rcnn's trained .caffemodel (end2end or alt-opt).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors + .json).")],
+    net: Annotated[str | None, typer.Option(help="VGG16, ZF or VGG_CNN_M_1024 (default: from the file).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Class names without background: a,b,c or a file with one "
+                                                "per line (default: VOC's 20 for a 21-class model).")] = None,
+) -> None:
+    """A py-faster-rcnn .caffemodel → a checkpoint that test, export and detect take."""
+    from frcnn_trt.model.caffe_import import import_caffemodel
+
+    for line in import_caffemodel(model, output, net=net, classes=classes).lines():
+        _out().print(line, markup=False, highlight=False)
+
+
 @app.command("doctor")
 def doctor_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    selftest: Annotated[bool, typer.Option("--selftest", help="Prove each layer end to end on a tiny model made "
+                                           "on the fly (exit 1 when a check fails).")] = False,
+    device: Annotated[str | None, typer.Option(help="--selftest's device: auto, cpu, cuda, cuda:1.")] = None,
 ) -> None:
     """What this machine can run: torch/CUDA, ONNX Runtime providers, TensorRT, GPU, plugin status."""
     from frcnn_trt.doctor import run_doctor
 
+    if device is not None and not selftest:
+        raise typer.BadParameter("--device goes with --selftest (plain doctor reports every device)")
+    if selftest:
+        from frcnn_trt.selftest import exit_code, run_selftest
+
+        raise typer.Exit(exit_code(run_selftest(device, as_json=json_out, console=_out())))
     run_doctor(as_json=json_out, console=_out())
 
 

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from frcnn_trt import config as C
+from frcnn_trt.data.factory import get_imdb
+from frcnn_trt.data.synthetic import make_synthetic_dataset
+from frcnn_trt.detect import run_detect
+from frcnn_trt.distributed import setup_device
+from frcnn_trt.evaluation import evaluate_voc, format_ap_table, load_detections
+from frcnn_trt.export.onnx_export import run_export
+from frcnn_trt.log import console as make_console
 from frcnn_trt.log import get_logger
+from frcnn_trt.train.alt_opt import summary_table, train_alt_opt, with_iters
+from frcnn_trt.train.pretrain import PretrainSettings, pretrain_backbone
 
 logger = get_logger("demo")
 
@@ -40,15 +49,6 @@ PRETRAIN_CROPS = 48
 def run_demo(workdir: str | Path = "runs/demo", *, backend: str = "auto", num_images: int = 400,
              iters: tuple[int, int, int, int] | None = None, pretrain_iters: int = PRETRAIN_ITERS,
              device: str | None = None, console: Any = None) -> DemoResult:
-    from frcnn_trt.data.factory import get_imdb
-    from frcnn_trt.data.synthetic import make_synthetic_dataset
-    from frcnn_trt.detect import run_detect
-    from frcnn_trt.distributed import setup_device
-    from frcnn_trt.evaluation import evaluate_voc, format_ap_table, load_detections
-    from frcnn_trt.export.onnx_export import run_export
-    from frcnn_trt.log import console as make_console
-    from frcnn_trt.train.alt_opt import summary_table, train_alt_opt, with_iters
-    from frcnn_trt.train.pretrain import PretrainSettings, pretrain_backbone
 
     con = console or make_console()
     work = Path(workdir)

@@ -24,7 +24,7 @@ FLOORS: list[set[str]] = [
     {"engines"},
     {"export"},
     {"train"},
-    {"detect", "inference", "demo", "doctor", "benchmark", "serve"},
+    {"detect", "inference", "demo", "doctor", "benchmark", "serve", "selftest", "selftest_checks"},
     {"cli", "__main__"},
 ]
 

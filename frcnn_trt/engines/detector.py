@@ -39,14 +39,16 @@ from torch import Tensor
 
 from frcnn_trt.anchors import AnchorGenerator, AnchorSettings
 from frcnn_trt.boxes import generate_anchors
-from frcnn_trt.config import Config
+from frcnn_trt.config import Config, from_dict
 from frcnn_trt.data.blob import preprocess_images
 from frcnn_trt.distributed import resolve_device
 from frcnn_trt.engines.export_format import ExportInfo, load_export
 from frcnn_trt.engines.protocol import Backend
 from frcnn_trt.engines.results import ImageDetections
 from frcnn_trt.engines.selection import open_backend
+from frcnn_trt.engines.torch_backend import TorchBackend
 from frcnn_trt.errors import BackendError, ModelError
+from frcnn_trt.model.checkpoint import load_checkpoint
 from frcnn_trt.postprocess import batched_detections_from_scores, im_detect_postprocess
 from frcnn_trt.proposals import ProposalLayer, ProposalSettings
 
@@ -277,9 +279,6 @@ class Detector:
         **kwargs: Any,
     ) -> Detector:
         """Run a checkpoint eagerly. Other backends need an export first (``frcnn-trt export``)."""
-        from frcnn_trt.config import from_dict
-        from frcnn_trt.engines.torch_backend import TorchBackend
-        from frcnn_trt.model.checkpoint import load_checkpoint
 
         if backend not in ("torch", "auto"):
             raise BackendError(f"backend {backend!r} runs an export directory, not a checkpoint: run "
@@ -293,7 +292,6 @@ class Detector:
     def from_model(cls, model: Any, cfg: Config, class_names: Sequence[str],
                    device: str | torch.device | None = None, **kwargs: Any) -> Detector:
         """An in-memory :class:`FasterRCNN` on the torch backend (tests, training-time evaluation)."""
-        from frcnn_trt.engines.torch_backend import TorchBackend
 
         return cls(TorchBackend(model, device), InferenceSettings.from_config(cfg, class_names), **kwargs)
 

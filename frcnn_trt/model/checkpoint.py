@@ -22,8 +22,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from frcnn_trt import __version__
+from frcnn_trt.config import from_dict
 from frcnn_trt.errors import CheckpointError
 from frcnn_trt.io import atomic_open, atomic_write_bytes, atomic_write_json
+from frcnn_trt.model.faster_rcnn import FasterRCNN
 
 FORMAT = "frcnn-trt-checkpoint"
 FORMAT_VERSION = 1
@@ -138,8 +140,6 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
     """Build the model a checkpoint describes and load its weights (eval mode)."""
-    from frcnn_trt.config import from_dict
-    from frcnn_trt.model.faster_rcnn import FasterRCNN
 
     path = Path(path).with_suffix(".safetensors")
     info = read_info(path)

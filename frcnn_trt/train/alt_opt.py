@@ -1,4 +1,5 @@
-"""The four-stage alternating optimisation, py-faster-rcnn's ``tools/train_faster_rcnn_alt_opt.py`` (docs/REFERENCE.md §9).
+"""The four-stage alternating optimisation: py-faster-rcnn's ``tools/train_faster_rcnn_alt_opt.py``
+(docs/REFERENCE.md §9).
 
 ========================  ===================================  =========================================  =====
 step                      initialised from                     trains (parameter groups)                  imgs

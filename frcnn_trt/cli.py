@@ -14,12 +14,14 @@ import typer
 from typer.core import TyperGroup
 
 from frcnn_trt import config as C
-from frcnn_trt.engines.backends import BACKEND_NAMES
 from frcnn_trt.errors import FrcnnError
 from frcnn_trt.log import console, setup_logging
 
 #: ``--backend`` choices in help texts (the backends' own list, fastest first)
-BACKEND_CHOICES = ", ".join(("auto", *BACKEND_NAMES))
+#: ``--backend`` help. The names come from the backend specs (``frcnn_trt.engines.backends``); importing them here
+#: would import torch and every runtime for ``--help``, so the help points to ``doctor``, which lists them, and an
+#: unknown name is refused with the list when the command runs.
+BACKEND_CHOICES = "auto (the fastest that can run here) or a backend name (`frcnn-trt doctor` lists them)"
 
 _state: dict[str, Any] = {"verbose": False}
 
@@ -457,8 +459,8 @@ def benchmark_cmd(
     export: Annotated[Path | None, typer.Option("--export", help="Export folder to time.")] = None,
     net: Annotated[str | None, typer.Option(help="Time a random-weight network instead (e.g. VGG16).")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes incl. background for --net.")] = 21,
-    backend: Annotated[list[str] | None, typer.Option("--backend", help=f"Backends, some of {', '.join(BACKEND_NAMES)} "
-                                                      "(default: all available).")] = None,
+    backend: Annotated[list[str] | None, typer.Option("--backend", help="Backend names, as `frcnn-trt doctor` lists "
+                                                      "them (default: all available).")] = None,
     size: Annotated[tuple[int, int], typer.Option(help="Image height and width.")] = (600, 1000),
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Timed images per backend.")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up images.")] = 1,

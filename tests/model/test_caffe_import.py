@@ -20,14 +20,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from frcnn_trt import config as C
+from frcnn_trt.boxes import generate_anchors
 from frcnn_trt.cli import app
 from frcnn_trt.data.voc import VOC_CLASSES
 from frcnn_trt.errors import CheckpointError, ConfigError
+from frcnn_trt.inference import im_detect
 from frcnn_trt.model.caffe_import import import_caffemodel, parse_classes
 from frcnn_trt.model.caffe_reader import read_caffemodel
 from frcnn_trt.model.caffe_schema import caffe_messages
 from frcnn_trt.model.checkpoint import load_checkpoint, load_tensors, read_info
 from frcnn_trt.model.faster_rcnn import FasterRCNN
+from frcnn_trt.postprocess import detections_from_scores
 
 M = caffe_messages()
 # V1LayerParameter.LayerType values (Caffe's schema)
@@ -188,6 +191,7 @@ HEADS = ("rpn_conv/3x3", "rpn_cls_score", "rpn_bbox_pred", "fc6", "fc7", "cls_sc
     ("ZF", 21, False, False, False, "rpn_conv1"),  # alt-opt names, current format, BlobShape, VOC
     ("ZF", 4, True, True, True, "rpn_conv/3x3"),  # end2end names, V1 layers, legacy dims, double_data, 3 classes
     ("VGG_CNN_M_1024", 3, True, False, False, "rpn_conv/3x3"),  # V1 layers with BlobShape, 2 classes
+    ("VGG_CNN_M_1024", 21, False, False, False, "rpn_conv/3x3"),  # current format, VOC
 ])
 def test_import_reproduces_the_model(tmp_path: Path, net: str, num_classes: int, v1: bool, legacy: bool,
                                      double: bool, rpn_name: str) -> None:
@@ -211,19 +215,27 @@ def test_import_reproduces_the_model(tmp_path: Path, net: str, num_classes: int,
     _assert_same_detections(model, imported)
     if num_classes != 21:  # once per net: Caffe's forward pass in numpy on the file's own blobs
         assert_matches_caffe_forward(src, imported, net, rpn_name)
+    assert_detects_like_caffe(src, imported, net, rpn_name)  # image → detections, every net and format
 
 
-def test_vgg16_import(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def vgg16_model() -> FasterRCNN:
+    return random_model("VGG16", 21, seed=5)
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["layer", "layers"])
+def test_vgg16_import(vgg16_model: FasterRCNN, tmp_path: Path, v1: bool) -> None:
     start = time.perf_counter()
-    model = random_model("VGG16", 21, seed=5)
-    src = write_caffemodel(tmp_path / "VGG16_faster_rcnn_final.caffemodel", _state(model), "VGG16")
+    src = write_caffemodel(tmp_path / "VGG16_faster_rcnn_final.caffemodel", _state(vgg16_model), "VGG16", v1=v1)
     report = import_caffemodel(src, tmp_path / "vgg16", cfg=_cfg("VGG16"))
     assert report.net == "VGG16" and len(report.loaded) == 13 + 3 + 2 + 2
+    assert report.format == ("layers" if v1 else "layer")
     assert any("PASCAL VOC" in n for n in report.notes)
     imported, _ = load_checkpoint(tmp_path / "vgg16.safetensors")
     assert isinstance(imported, FasterRCNN)
-    _assert_same_detections(model, imported, seed=2)
+    _assert_same_detections(vgg16_model, imported, seed=2)
     assert time.perf_counter() - start < 120.0  # about 15 s on 2 CPU cores: reading 550 MB stays fast
+    assert_detects_like_caffe(src, imported, "VGG16", "rpn_conv/3x3")
 
 
 def test_report_lists_every_layer(zf_file: Path, tmp_path: Path) -> None:
@@ -526,38 +538,153 @@ def np_softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def caffe_reference(net: str, caffe: dict[str, list[np.ndarray]], image: np.ndarray, rois: np.ndarray,
-                    rpn_conv: str) -> dict[str, np.ndarray]:
-    """py-faster-rcnn's ZF / VGG_CNN_M_1024 test net up to the proposal layer, and its head on given RoIs."""
+def _body(net: str, caffe: dict[str, list[np.ndarray]], image: np.ndarray) -> np.ndarray:
+    """The conv body of py-faster-rcnn's test prototxt: the conv5 (VGG16: conv5_3) map, stride 16."""
     def conv(name: str, x: np.ndarray, s: int = 1, p: int = 0) -> np.ndarray:
         return np.maximum(np_conv(x, caffe[name][0], caffe[name][1], s, p), 0.0)
 
+    if net == "VGG16":
+        x = image
+        for c in VGG16_CONVS:
+            x = conv(c, x, 1, 1)
+            if c.endswith("_2" if c < "conv3" else "_3") and c < "conv5":
+                x = np_max_pool(x, 2, 2, 0)
+        return x
     if net == "ZF":
         x = np_max_pool(np_lrn_within(conv("conv1", image, 2, 3), 3, 5e-5, 0.75), 3, 2, 1)
         x = np_max_pool(np_lrn_within(conv("conv2", x, 2, 2), 3, 5e-5, 0.75), 3, 2, 1)
-        pooled, dropout_test = 6, 0.5  # scale_train: false → × (1 − 0.5) at test
     else:
         x = np_max_pool(np_lrn_across(conv("conv1", image, 2, 0), 5, 5e-4, 0.75, 2.0), 3, 2, 0)
         x = np_max_pool(np_lrn_across(conv("conv2", x, 2, 1), 5, 5e-4, 0.75, 2.0), 3, 2, 0)
-        pooled, dropout_test = 6, 1.0
-    feat = conv("conv5", conv("conv4", conv("conv3", x, 1, 1), 1, 1), 1, 1)
-    r = conv(rpn_conv, feat, 1, 1)
+    return conv("conv5", conv("conv4", conv("conv3", x, 1, 1), 1, 1), 1, 1)
+
+
+def ref_rpn(net: str, caffe: dict[str, list[np.ndarray]], image: np.ndarray,
+            rpn_conv: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body and RPN head → (features, rpn_cls_prob_reshape (2A, H, W), rpn_bbox_pred (4A, H, W))."""
+    feat = _body(net, caffe, image)
+    r = np.maximum(np_conv(feat, *caffe[rpn_conv], 1, 1), 0.0)
     score = np_conv(r, *caffe["rpn_cls_score"], 1, 0)
     a, (h, w) = score.shape[0] // 2, score.shape[1:]
     prob = np_softmax(score.reshape(2, a * h, w), axis=0).reshape(2 * a, h, w)  # Reshape(0, 2, -1, 0) + Softmax
+    return feat, prob, np_conv(r, *caffe["rpn_bbox_pred"], 1, 0)
+
+
+def ref_head(net: str, caffe: dict[str, list[np.ndarray]], feat: np.ndarray,
+             rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RoI pooling and the box head → (cls_prob, bbox_pred); ZF's dropout has scale_train: false → × 0.5 at
+    test, VGG16's and VGG_CNN_M_1024's scale at training time → × 1."""
+    pooled, dropout_test = (7, 1.0) if net == "VGG16" else (6, 0.5 if net == "ZF" else 1.0)
     fc = np_roi_pool(feat, rois, pooled, 1.0 / 16).reshape(len(rois), -1)
     for name in ("fc6", "fc7"):
         fc = np.maximum(fc @ caffe[name][0].T + caffe[name][1], 0.0) * dropout_test
-    return {"features": feat, "rpn_cls_prob": prob, "rpn_bbox_pred": np_conv(r, *caffe["rpn_bbox_pred"], 1, 0),
-            "cls_prob": np_softmax(fc @ caffe["cls_score"][0].T + caffe["cls_score"][1], axis=1),
-            "bbox_pred": fc @ caffe["bbox_pred"][0].T + caffe["bbox_pred"][1]}
+    return (np_softmax(fc @ caffe["cls_score"][0].T + caffe["cls_score"][1], axis=1),
+            fc @ caffe["bbox_pred"][0].T + caffe["bbox_pred"][1])
+
+
+def caffe_reference(net: str, caffe: dict[str, list[np.ndarray]], image: np.ndarray, rois: np.ndarray,
+                    rpn_conv: str) -> dict[str, np.ndarray]:
+    """py-faster-rcnn's test net up to the proposal layer, and its head on given RoIs."""
+    feat, prob, deltas = ref_rpn(net, caffe, image, rpn_conv)
+    cls_prob, bbox_pred = ref_head(net, caffe, feat, rois)
+    return {"features": feat, "rpn_cls_prob": prob, "rpn_bbox_pred": deltas, "cls_prob": cls_prob,
+            "bbox_pred": bbox_pred}
+
+
+def np_bbox_transform_inv(boxes: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """lib/fast_rcnn/bbox_transform.py: +1 widths, x2 = ctr + 0.5 · w (no −1), in the deltas' dtype."""
+    boxes = boxes.astype(deltas.dtype)
+    widths, heights = boxes[:, 2] - boxes[:, 0] + 1.0, boxes[:, 3] - boxes[:, 1] + 1.0
+    ctr_x, ctr_y = boxes[:, 0] + 0.5 * widths, boxes[:, 1] + 0.5 * heights
+    cx = deltas[:, 0::4] * widths[:, None] + ctr_x[:, None]
+    cy = deltas[:, 1::4] * heights[:, None] + ctr_y[:, None]
+    w, h = np.exp(deltas[:, 2::4]) * widths[:, None], np.exp(deltas[:, 3::4]) * heights[:, None]
+    out = np.empty_like(deltas)
+    out[:, 0::4], out[:, 1::4], out[:, 2::4], out[:, 3::4] = cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h
+    return out
+
+
+def np_clip(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
+    out = boxes.copy()
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, width - 1)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, height - 1)
+    return out
+
+
+def np_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
+    """gpu_nms in float32: descending score (ties by index), +1 areas, IoU **>** thresh suppressed."""
+    b, t = boxes.astype(np.float32), np.float32(thresh)
+    area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    keep: list[int] = []
+    for i in np.argsort(-scores.astype(np.float32), kind="stable"):
+        for j in keep:
+            iw = max(np.float32(0), min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0]) + 1)
+            ih = max(np.float32(0), min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1]) + 1)
+            inter = iw * ih
+            if inter / (area[i] + area[j] - inter) > t:
+                break
+        else:
+            keep.append(int(i))
+    return keep
+
+
+def np_proposals(prob: np.ndarray, deltas: np.ndarray, im_info: tuple[float, float, float], *, pre: int = 6000,
+                 post: int = 300, nms: float = 0.7, min_size: float = 16.0) -> np.ndarray:
+    """py-faster-rcnn's ProposalLayer at TEST (docs/REFERENCE.md §5), float32 → rois [R, 4] (blob pixels)."""
+    a, h, w = prob.shape[0] // 2, prob.shape[1], prob.shape[2]
+    base = generate_anchors().numpy().astype(np.float32)  # not under test
+    sx, sy = np.meshgrid(np.arange(w) * 16, np.arange(h) * 16)
+    shifts = np.stack([sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()], axis=1).astype(np.float32)
+    anchors = (base[None, :, :] + shifts[:, None, :]).reshape(-1, 4)  # (position, anchor) order
+    scores = prob[a:].astype(np.float32).transpose(1, 2, 0).reshape(-1)
+    boxes = np_clip(np_bbox_transform_inv(anchors, deltas.astype(np.float32).transpose(1, 2, 0).reshape(-1, 4)),
+                    im_info[0], im_info[1])
+    ok = np.where((boxes[:, 2] - boxes[:, 0] + 1 >= min_size * im_info[2])
+                  & (boxes[:, 3] - boxes[:, 1] + 1 >= min_size * im_info[2]))[0]
+    order = ok[np.argsort(-scores[ok], kind="stable")][:pre]
+    keep = np_nms(boxes[order], scores[order], nms)[:post]
+    return boxes[order[keep]]
+
+
+def np_detections(scores: np.ndarray, boxes: np.ndarray, *, thresh: float = 0.05, nms: float = 0.3,
+                  max_per_image: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
+    """test_net's loop (docs/REFERENCE.md §11): per class ≥ 1 (boxes, scores), score > thresh, NMS, then the
+    scores ≥ the max_per_image-th largest over all classes."""
+    dets = []
+    for j in range(1, scores.shape[1]):
+        inds = np.where(scores[:, j] > thresh)[0]
+        cls_boxes, cls_scores = boxes[inds, 4 * j:4 * j + 4], scores[inds, j]
+        keep = np_nms(cls_boxes, cls_scores, nms)
+        dets.append((cls_boxes[keep], cls_scores[keep]))
+    every = np.concatenate([s for _, s in dets])
+    if len(every) > max_per_image:
+        cut = np.sort(every)[-max_per_image]
+        dets = [(b[s >= cut], s[s >= cut]) for b, s in dets]
+    return dets
+
+
+def np_detect(net: str, caffe: dict[str, list[np.ndarray]], image: np.ndarray,
+              rpn_conv: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Image (H × W × 3 uint8 BGR, im_scale 1) → per-class detections, the whole test pipeline in numpy."""
+    blob = (image.astype(np.float64) - np.asarray(C.Config().PIXEL_MEANS)).astype(np.float32)
+    feat, prob, deltas = ref_rpn(net, caffe, blob.transpose(2, 0, 1).astype(np.float64), rpn_conv)
+    height, width = image.shape[:2]
+    rois = np_proposals(prob, deltas, (height, width, 1.0))
+    cls_prob, bbox_pred = ref_head(net, caffe, feat, np.concatenate([np.zeros((len(rois), 1)), rois], axis=1))
+    boxes = np_clip(np_bbox_transform_inv(rois.astype(np.float64), bbox_pred), height, width)
+    return np_detections(cls_prob, boxes)
+
+
+def _caffe_blobs(src: Path) -> dict[str, list[np.ndarray]]:
+    """The caffemodel's own blobs, float64: conv weights (out, in, kh, kw), InnerProduct (out, in), biases (n,)."""
+    return {la.name: [la.blobs[0].double().numpy().reshape(la.blobs[1].numel(), *(
+        la.blobs[0].shape[-3:] if la.type == "Convolution" else (-1,))), la.blobs[1].double().numpy().reshape(-1)]
+        for la in read_caffemodel(src).layers if la.blobs}  # legacy (1, 1, out, in) InnerProduct shapes → (out, in)
 
 
 def assert_matches_caffe_forward(src: Path, imported: FasterRCNN, net: str, rpn_conv: str) -> None:
     """The imported model's blobs equal :func:`caffe_reference` run on the caffemodel's own blobs."""
-    caffe = {la.name: [la.blobs[0].double().numpy().reshape(la.blobs[1].numel(), *(
-        la.blobs[0].shape[-3:] if la.type == "Convolution" else (-1,))), la.blobs[1].double().numpy().reshape(-1)]
-        for la in read_caffemodel(src).layers if la.blobs}  # legacy (1, 1, out, in) InnerProduct shapes → (out, in)
+    caffe = _caffe_blobs(src)
     blob, _, _ = _image(4, 112, 144)
     # blob pixels: fractional corners (rounding), one reaching past the map (clipped, empty bins), a tiny one
     rois = np.array([[0, 8.4, 7.5, 100.2, 90.0], [0, 40.0, 24.0, 143.0, 111.0], [0, 100.0, 60.0, 300.0, 200.0],
@@ -574,3 +701,31 @@ def assert_matches_caffe_forward(src: Path, imported: FasterRCNN, net: str, rpn_
         err = np.abs(value.double().numpy() - want).max() / max(np.abs(want).max(), 1e-6)
         assert err < 1e-4, f"{name}: relative error {err:.2e}"
     assert 0.05 < ref["cls_prob"].max() < 0.999 and ref["rpn_cls_prob"].std() > 0.05  # not saturated, not flat
+
+
+def _uint8_image(seed: int, height: int = 64, width: int = 80) -> np.ndarray:
+    """A smooth random H × W × 3 uint8 BGR image."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, height // 8, width // 8, generator=gen) * 255.0
+    img = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return img[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def assert_detects_like_caffe(src: Path, imported: FasterRCNN, net: str, rpn_conv: str, seed: int = 6) -> None:
+    """End to end: ``inference.im_detect`` + ``detections_from_scores`` on the imported checkpoint give
+    :func:`np_detect`'s detections (same count per class; scores and boxes within float32 tolerance)."""
+    image = _uint8_image(seed)
+    want = np_detect(net, _caffe_blobs(src), image, rpn_conv)
+    with torch.no_grad():  # scale = the short side: im_scale 1, the blob is the image minus the means
+        scores, boxes = im_detect(imported, image, pixel_means=C.Config().PIXEL_MEANS, scale=64, max_size=80)
+        got_boxes, got_scores, labels = detections_from_scores(scores, boxes)
+    assert sum(len(s) for _, s in want) >= 5  # enough detections, over several classes, to mean something
+    assert len({j for j, (_, s) in enumerate(want) if len(s)}) >= 2
+    for j, (ref_boxes, ref_scores) in enumerate(want, start=1):
+        mine = labels == j
+        count = int(mine.sum())
+        assert count == len(ref_scores), f"class {j}: {count} detections, the reference {len(ref_scores)}"
+        np.testing.assert_allclose(got_scores[mine].double().numpy(), ref_scores, rtol=1e-4, atol=1e-6,
+                                   err_msg=f"class {j} scores")
+        np.testing.assert_allclose(got_boxes[mine].double().numpy(), ref_boxes, rtol=0, atol=2e-2,
+                                   err_msg=f"class {j} boxes")

@@ -5,8 +5,6 @@
 
     gt_roidb -> [merge_proposals] -> [append_flipped_images] -> prepare_roidb -> filter_roidb
              -> [add_bbox_regression_targets]
-
-The records and the chain's steps are importable from here too.
 """
 
 from __future__ import annotations
@@ -19,14 +17,11 @@ import numpy as np
 
 from frcnn_trt.config import Config
 from frcnn_trt.data.imdb import Imdb
-from frcnn_trt.data.roidb_cache import cache_files, cache_key, load_cache, proposals_digest, save_cache
+from frcnn_trt.data.roidb_cache import cache_files, cache_key, load_cache, save_cache
 from frcnn_trt.data.roidb_chain import (
-    RoidbEntry,
     TrainingRoidb,
     add_bbox_regression_targets,
     append_flipped_images,
-    bbox_overlaps_np,
-    bbox_transform_np,
     filter_roidb,
     gt_roidb,
     merge_proposals,
@@ -34,21 +29,7 @@ from frcnn_trt.data.roidb_chain import (
 )
 from frcnn_trt.errors import DatasetError, FrcnnError
 
-__all__ = [
-    "RoidbEntry",
-    "TrainingRoidb",
-    "add_bbox_regression_targets",
-    "append_flipped_images",
-    "bbox_overlaps_np",
-    "bbox_transform_np",
-    "build_training_roidb",
-    "build_training_roidb_from_config",
-    "filter_roidb",
-    "gt_roidb",
-    "merge_proposals",
-    "prepare_roidb",
-    "proposals_digest",
-]
+__all__ = ["build_training_roidb", "build_training_roidb_from_config"]
 
 logger = logging.getLogger(__name__)
 

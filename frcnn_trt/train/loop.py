@@ -29,7 +29,7 @@ from torch import nn
 from frcnn_trt import config as C
 from frcnn_trt import distributed
 from frcnn_trt.data.loader import make_train_loader_from_config
-from frcnn_trt.data.roidb import RoidbEntry
+from frcnn_trt.data.roidb_chain import RoidbEntry
 from frcnn_trt.errors import TrainingError
 from frcnn_trt.log import IterationProgress, get_logger
 from frcnn_trt.model.checkpoint import (

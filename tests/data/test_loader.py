@@ -13,7 +13,7 @@ from PIL import Image
 from frcnn_trt.data.blob import prep_im_for_blob
 from frcnn_trt.data.imdb import ImageAnnotation
 from frcnn_trt.data.loader import AspectGroupedBatchSampler, Batch, RoidbDataset, make_train_loader
-from frcnn_trt.data.roidb import (
+from frcnn_trt.data.roidb_chain import (
     RoidbEntry,
     add_bbox_regression_targets,
     append_flipped_images,

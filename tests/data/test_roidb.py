@@ -16,12 +16,12 @@ from PIL import Image
 
 from frcnn_trt.data import roidb_cache
 from frcnn_trt.data.imdb import ImageAnnotation
-from frcnn_trt.data.roidb import (
+from frcnn_trt.data.roidb import build_training_roidb
+from frcnn_trt.data.roidb_chain import (
     RoidbEntry,
     add_bbox_regression_targets,
     append_flipped_images,
     bbox_overlaps_np,
-    build_training_roidb,
     filter_roidb,
     gt_roidb,
     merge_proposals,

@@ -139,16 +139,7 @@ def _compile(source: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="frcnn_roi_pool_host_") as tmp:
         src, lib = Path(tmp) / "roi_pool_host.cpp", Path(tmp) / "roi_pool_host.so"
         src.write_text(source, encoding="utf-8")
-        cmd = [cxx, *COMPILER_FLAGS, "-o", str(lib), str(src)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BackendError(f"{cxx} could not run: {exc}") from exc
-        if proc.returncode != 0:
-            raise BackendError(
-                f"{cxx} failed to compile the RoI-pool kernel for the host (exit {proc.returncode}; "
-                f"{' '.join(cmd)}):\n{(proc.stderr + proc.stdout).strip()}"
-            )
+        kernel.run_compiler([cxx, *COMPILER_FLAGS, "-o", str(lib), str(src)], "the RoI-pool kernel for the host")
         atomic_write_text(target.with_suffix(".cpp"), source)
         atomic_write_bytes(target, lib.read_bytes())
     return target

@@ -70,6 +70,7 @@ __all__ = [
     "nvrtc_version",
     "ptx_entries",
     "ptx_isa_version",
+    "run_compiler",
     "source_sha256",
 ]
 
@@ -277,21 +278,26 @@ def _compile_nvrtc(source: str, arch: str, name: str) -> str:
     return ptx.decode().rstrip("\x00")
 
 
+def run_compiler(cmd: list[str], what: str) -> None:
+    """Run a compiler command line (``cmd[0]`` is the compiler); BackendError with its output when it fails.
+
+    ``what`` completes "failed to compile ..." in the message (e.g. ``"roi_pool.cu for sm_90"``)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"{cmd[0]} could not run: {exc}") from exc
+    if proc.returncode != 0:
+        raise BackendError(f"{cmd[0]} failed to compile {what} (exit {proc.returncode}; {' '.join(cmd)}):\n"
+                           f"{(proc.stderr + proc.stdout).strip()}")
+
+
 def _compile_nvcc(source: str, arch: str, name: str, nvcc: str) -> str:
     with tempfile.TemporaryDirectory(prefix="frcnn_roi_pool_") as tmp:
         src = Path(tmp) / name
         out = Path(tmp) / "kernel.ptx"
         src.write_text(source, encoding="utf-8")
-        cmd = [nvcc, "--ptx", f"--gpu-architecture={arch}", "--fmad=false", "-o", str(out), str(src)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BackendError(f"nvcc ({nvcc}) could not run: {exc}") from exc
-        if proc.returncode != 0:
-            raise BackendError(
-                f"nvcc ({nvcc}) failed to compile {name} for {arch} (exit {proc.returncode}):\n"
-                f"{(proc.stderr + proc.stdout).strip()}"
-            )
+        run_compiler([nvcc, "--ptx", f"--gpu-architecture={arch}", "--fmad=false", "-o", str(out), str(src)],
+                     f"{name} for {arch}")
         return out.read_text(encoding="utf-8")
 
 

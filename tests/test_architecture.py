@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "frcnn_trt"
 
 FLOORS: list[set[str]] = [
-    {"__init__", "errors", "io", "log", "config", "distributed"},
+    {"__init__", "errors", "io", "files", "log", "config", "distributed", "plotting"},
     {"boxes", "anchors", "losses", "ops", "data"},
     {"proposals", "targets", "postprocess", "evaluation"},
     {"model"},

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +37,14 @@ __all__ = [
     "check_regular_file",
     "confined",
     "decode_text",
+    "is_finite_number",
     "load_json",
     "load_yaml",
     "number",
     "parse_json",
     "read_bytes",
     "read_lines",
+    "read_prefix",
     "read_text",
     "short",
 ]
@@ -55,8 +58,16 @@ _BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "
 
 
 def short(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: messages name a value without printing a megabyte of it."""
-    text = repr(value)
+    """A bounded ``repr(value)`` of at most ``limit`` characters: messages name a value without building the
+    repr of a megabyte string, a 5000-digit integer or a YAML alias bomb first."""
+    bounded = reprlib.Repr()  # attributes, not keywords: Python 3.10 and 3.11 take none
+    bounded.maxstring = bounded.maxother = bounded.maxlong = limit
+    bounded.maxlist = bounded.maxtuple = bounded.maxdict = bounded.maxset = 4
+    bounded.maxlevel = 2
+    try:
+        text = bounded.repr(value)
+    except (ValueError, RecursionError):  # an int beyond the digit limit, a self-referencing container
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -100,6 +111,29 @@ def read_bytes(path: str | Path, what: str, max_bytes: int = MAX_TEXT_BYTES,
     if len(data) > max_bytes:
         raise error(f"{path}: {what} is over the limit of {max_bytes} bytes")
     return data
+
+
+def read_prefix(path: str | Path, what: str, size: int,
+                error: type[FrcnnError] = DatasetError) -> tuple[bytes, int]:
+    """``(the first size bytes, the file's size)`` of a regular file (a binary header: safetensors, zip, npy);
+    opened non-blocking like :func:`read_bytes`, ``error`` naming the file otherwise."""
+    check_regular_file(path, what, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: {what} must be a regular file")
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            return fh.read(size), st.st_size
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from e
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def decode_text(data: bytes, path: str | Path, what: str, error: type[FrcnnError] = DatasetError) -> str:
@@ -164,10 +198,12 @@ def _too_deep(value: Any, limit: int) -> bool:
 
 
 def parse_json(text: str, source: str | Path, what: str, max_nesting: int = MAX_NESTING,
-               error: type[FrcnnError] = DatasetError) -> Any:
-    """``json.loads`` of ``text`` with every failure (syntax, NaN/Infinity, huge integers, nesting) as ``error``."""
+               error: type[FrcnnError] = DatasetError, *, allow_nan: bool = False) -> Any:
+    """``json.loads`` of ``text`` with every failure (syntax, NaN/Infinity, huge integers, nesting) as ``error``.
+    ``allow_nan``: ``NaN``/``Infinity`` parse as floats instead, for a reader that checks each record's numbers
+    itself and skips the bad record rather than the whole file."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=None if allow_nan else _refuse_constant)
     except json.JSONDecodeError as e:
         raise error(f"{source}: {what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
     except ValueError as e:  # NaN/Infinity, an integer beyond Python's digit limit
@@ -180,9 +216,9 @@ def parse_json(text: str, source: str | Path, what: str, max_nesting: int = MAX_
 
 
 def load_json(path: str | Path, what: str, max_bytes: int = MAX_TEXT_BYTES, max_nesting: int = MAX_NESTING,
-              error: type[FrcnnError] = DatasetError) -> Any:
+              error: type[FrcnnError] = DatasetError, *, allow_nan: bool = False) -> Any:
     """The JSON value of a regular file, read and checked as :func:`read_text` and :func:`parse_json` do."""
-    return parse_json(read_text(path, what, max_bytes, error), path, what, max_nesting, error)
+    return parse_json(read_text(path, what, max_bytes, error), path, what, max_nesting, error, allow_nan=allow_nan)
 
 
 def load_yaml(path: str | Path, what: str, max_bytes: int = MAX_TEXT_BYTES, max_nesting: int = MAX_NESTING,
@@ -194,12 +230,24 @@ def load_yaml(path: str | Path, what: str, max_bytes: int = MAX_TEXT_BYTES, max_
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise error(f"{path}: {what} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from e
+        detail = " ".join(str(getattr(e, "problem", None) or e).split())  # one line: a ReaderError spans two
+        raise error(f"{path}: {what} is not valid YAML{where}: {short(detail, 200)}") from e
     except (RecursionError, ValueError) as e:
         raise error(f"{path}: {what} cannot be read as YAML ({short(str(e), 120)})") from e
     if _too_deep(value, max_nesting):
         raise error(f"{path}: {what} nests deeper than {max_nesting} levels")
     return value
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (not a bool) with a finite float value: ``math.isfinite`` raises
+    OverflowError on an integer beyond float range, this says False."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def number(value: Any, where: str, *, integer: bool = False, lo: float | None = None, hi: float | None = None,

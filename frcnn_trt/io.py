@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes and content hashes.
+"""Small file helpers: atomic writes, content hashes, and byte-reproducible safetensors / npz bytes.
 
 Every file a long job writes (checkpoints, proposals, caches, reports) goes through a temporary file in
 the same folder and :func:`os.replace`, so an interruption never leaves a half-written file behind. The file
@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 _UMASK_LOCK = threading.Lock()
 
@@ -77,3 +81,41 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file's bytes) with its JSON header written in one canonical form, so that the same
+    tensors and metadata give the same bytes in every process.
+
+    The safetensors library keeps ``__metadata__`` in a hash map whose order changes from process to process
+    (Rust's seeded hashing), so two saves of the same weights differ byte-wise and so would every SHA-256 taken
+    of them (checkpoint sidecars, proposals files, export.json). The format is an 8-byte little-endian header
+    length, the JSON header, space padding to a multiple of 8 bytes, then the tensor data (offsets relative to
+    its start): here the header is re-serialised compactly with the metadata keys sorted and the tensor entries
+    in data order, and padded the same way; the data is untouched.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__", None)
+    out: dict[str, Any] = {}
+    if meta is not None:
+        out["__metadata__"] = {k: meta[k] for k in sorted(meta)}
+    for name in sorted(header, key=lambda k: (header[k]["data_offsets"][0], k)):
+        out[name] = header[name]
+    text = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (uncompressed, no pickles) of ``arrays`` in the given order whose bytes depend only on the
+    arrays: :func:`numpy.savez` stamps each member with the current time, so the same arrays saved twice differ
+    (and so does their SHA-256); here every member carries the zip epoch 1980-01-01 instead."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
+    return buf.getvalue()

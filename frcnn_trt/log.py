@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -60,6 +61,19 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is written, not when the handler was made: an
+    embedding program (or a test runner) that swaps and closes stderr never leaves a handler on a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property always wins
+        pass
+
+
 def setup_logging(verbose: bool = False) -> logging.Logger:
     """Configure the package logger once (idempotent); ``verbose`` turns on DEBUG."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -73,7 +87,7 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
                               log_time_format="[%H:%M:%S]")
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
     handler.set_name(_HANDLER_NAME)
     logger.addHandler(handler)

@@ -83,13 +83,13 @@ def test_bad_values_name_the_key(pairs: list[str], message: str) -> None:
 def test_bad_files_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("TRAIN: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad\.yml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yml: config file is not valid YAML \(line 2"):
         C.load(bad)
     wrong = tmp_path / "wrong.yml"
     wrong.write_text("TRAIN:\n  SCALE: [600]\n")
     with pytest.raises(ConfigError, match=r"wrong\.yml: unknown config key TRAIN\.SCALE; did you mean TRAIN\.SCALES"):
         C.load(wrong)
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError, match=r"missing\.yml: config file not found"):
         C.load(tmp_path / "missing.yml")
 
 
@@ -100,3 +100,94 @@ def test_override_derives_without_mutation() -> None:
     assert base.TRAIN.HAS_RPN is False and base.TRAIN.IMS_PER_BATCH == 2
     with pytest.raises(AttributeError):
         base.TRAIN.HAS_RPN = True  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SOLVER.BASE_LR", "1e400", r"SOLVER\.BASE_LR: expected a finite number, got inf"),
+        ("TEST.NMS", ".nan", r"TEST\.NMS: expected a finite number, got nan"),
+        ("TEST.NMS", "-1", r"TEST\.NMS must be ≥ 0, got -1"),
+        ("TRAIN.RPN_BATCHSIZE", "0", r"TRAIN\.RPN_BATCHSIZE must be ≥ 1, got 0"),
+        ("TRAIN.IMS_PER_BATCH", "0", r"TRAIN\.IMS_PER_BATCH must be ≥ 1, got 0"),
+        ("TRAIN.SCALES", "[0]", r"TRAIN\.SCALES\[0\] must be ≥ 1, got 0"),
+        ("TRAIN.SCALES", "[]", r"TRAIN\.SCALES: expected 1 to 64 values, got 0"),
+        ("TRAIN.MAX_SIZE", "0", r"TRAIN\.MAX_SIZE must be ≥ 1"),
+        ("RNG_SEED", ".nan", r"RNG_SEED: expected a finite number, got nan"),
+        ("RNG_SEED", ".inf", r"RNG_SEED: expected a finite number, got inf"),
+        ("RNG_SEED", "9" * 400, r"RNG_SEED: 9999.* is out of range"),
+        ("RNG_SEED", "9" * 5000, r"RNG_SEED: expected an integer"),
+        ("RNG_SEED", "4294967296", r"RNG_SEED must be ≤ 4294967295"),
+        ("TRAIN.BATCH_SIZE", "2.5", r"TRAIN\.BATCH_SIZE: expected an integer, got 2\.5"),
+        ("PIXEL_MEANS", "[1, 2, .nan]", r"PIXEL_MEANS\[2\]: expected a finite number"),
+        ("TRAIN.BBOX_NORMALIZE_STDS", "[0.1, 0.1, 0, 0.2]", r"BBOX_NORMALIZE_STDS\[2\] must be > 0"),
+        ("MODEL.NET", "VGG17", r"MODEL\.NET: unknown network 'VGG17' \(did you mean VGG16\?\)"),
+        ("SOLVER.LR_POLICY", "poly", r"SOLVER\.LR_POLICY: unknown learning-rate policy 'poly'"),
+        ("DEVICE", "gpu", r"DEVICE: 'gpu' is not a device"),
+        ("EXP_DIR", "../elsewhere", r"EXP_DIR: '\.\./elsewhere' must be a relative folder name"),
+        ("TRAIN.RPN_POSITIVE_WEIGHT", "1.0", r"RPN_POSITIVE_WEIGHT must be < 1"),
+        ("TRAIN.BG_THRESH_LO", "0.6", r"TRAIN\.BG_THRESH_LO 0\.6 must be <= TRAIN\.BG_THRESH_HI 0\.5"),
+        ("TRAIN.BATCH_SIZE", "127", r"TRAIN\.BATCH_SIZE 127 must be a multiple of ALT_OPT\.FAST_RCNN_IMS_PER_BATCH 2"),
+        ("TRAIN.SCALES", "[" * 5000, r"--set TRAIN\.SCALES: the value nests deeper than 64 levels"),
+        ("TRAIN.SNAPSHOT_INFIX", "a\x00b", r"SNAPSHOT_INFIX: 'a\\x00b' holds a NUL byte"),
+    ],
+)
+def test_every_key_is_range_checked(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        C.from_list([key, value])
+
+
+def test_sentinels_and_any_case_names_still_load() -> None:
+    cfg = C.from_list(["TRAIN.RPN_POSITIVE_WEIGHT", "-1", "MODEL.NET", "vgg16", "TEST.RPN_PRE_NMS_TOP_N", "-1",
+                       "TEST.MAX_PER_IMAGE", "0", "RNG_SEED", "4294967295", "DEVICE", "cuda:1"])
+    assert cfg.TRAIN.RPN_POSITIVE_WEIGHT == -1.0 and cfg.MODEL.NET == "vgg16" and cfg.RNG_SEED == 2**32 - 1
+
+
+def test_rules_table_covers_every_key_and_matches_the_networks() -> None:
+    from frcnn_trt.model.backbones import NETWORKS
+
+    keys = {f"{prefix}{name}" for prefix, section in (("TRAIN.", C.TrainConfig), ("TEST.", C.TestConfig),
+                                                       ("MODEL.", C.ModelConfig), ("SOLVER.", C.SolverConfig),
+                                                       ("ALT_OPT.", C.AltOptConfig))
+            for name in section.__dataclass_fields__}
+    keys |= {k for k in C.Config.__dataclass_fields__ if k not in ("TRAIN", "TEST", "MODEL", "SOLVER", "ALT_OPT")}
+    assert keys == set(C.RULES)
+    assert set(C.NETS) == set(NETWORKS)
+
+
+def test_sections_built_in_code_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match=r"TRAIN\.FG_THRESH must be ≤ 1, got 2\.0"):
+        C.TrainConfig(FG_THRESH=2.0)
+    assert C.TrainConfig(SCALES=[600]).SCALES == (600,)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xef\xbb\xbfTRAIN:\n  SCALES: [500]\n", None),
+        (b"TRAIN:\n  SCALES: [\xff]\n", r"bom\.yml: config file is not valid UTF-8 text \(line 2"),
+        (b"- 1\n- 2\n", r"bom\.yml: config: expected a mapping"),
+        (b"[]\n", r"bom\.yml: config: expected a mapping"),
+        (b"a: " + b"[" * 200 + b"]" * 200 + b"\n", r"bom\.yml: config file (nests deeper|cannot be read)"),
+        (b"x: &a [1, 2]\nTRAIN:\n  SCALES: *a\n", r"bom\.yml: unknown config key x"),
+        (b"TRAIN:\n  SCALES: &a [600]\nTEST:\n  SCALES: *a\n", None),
+        (b"TRAIN: null\n", r"bom\.yml: TRAIN: expected a mapping"),
+    ],
+)
+def test_yaml_faults_name_the_file(tmp_path: Path, content: bytes, message: str | None) -> None:
+    path = tmp_path / "bom.yml"
+    path.write_bytes(content)
+    if message is None:
+        assert C.load(path).TRAIN.SCALES in ((500,), (600,))
+    else:
+        with pytest.raises(ConfigError, match=message):
+            C.load(path)
+
+
+def test_a_fifo_config_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.yml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"pipe\.yml: config file must be a regular file, this is a FIFO"):
+        C.load(fifo)

@@ -23,6 +23,10 @@ from frcnn_trt.cli.app import (
     train_config,
 )
 
+VerifyImages = Annotated[str | None, typer.Option(
+    "--verify-images", help="Image check when the roidb is built: header (every header: format, size vs the "
+    "annotation, pixel budget; the default) or full (also decode every image). Sets TRAIN.VERIFY_IMAGES.")]
+
 
 @train_app.command("end2end", context_settings=WITH_SET,
                    help="Approximate joint training (tools/train_net.py)." + SET_HELP)
@@ -37,11 +41,13 @@ def train_end2end_cmd(
     resume: Annotated[bool, typer.Option(help="Continue from the newest snapshot in the output folder.")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 (default: DEVICE of the config).")] = None,
     data_root: DataRoot = Path("data"),
+    verify_images: VerifyImages = None,
 ) -> None:
     from frcnn_trt.data.factory import get_imdb
     from frcnn_trt.train.end2end import train_end2end
 
-    cfg = train_config(net, "end2end", cfg_files, ctx, **({"SOLVER": {"MAX_ITERS": iters}} if iters else {}))
+    cfg = train_config(net, "end2end", cfg_files, ctx, **({"SOLVER": {"MAX_ITERS": iters}} if iters else {}),
+                       **({"TRAIN": {"VERIFY_IMAGES": verify_images}} if verify_images else {}))
     db = get_imdb(imdb, data_root, use_diff=cfg.TRAIN.USE_DIFF)
     run_dir = output_dir(output, cfg, db.name)
     C.write_resolved(cfg, run_dir)
@@ -141,11 +147,13 @@ def train_alt_opt_cmd(
     resume: Annotated[bool, typer.Option(help="Skip finished stages, continue the one in progress.")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 (default: DEVICE of the config).")] = None,
     data_root: DataRoot = Path("data"),
+    verify_images: VerifyImages = None,
 ) -> None:
     from frcnn_trt.data.factory import get_imdb
     from frcnn_trt.train.alt_opt import parse_iters, summary_table, train_alt_opt, with_iters
 
-    cfg = train_config(net, "alt_opt", cfg_files, ctx)
+    cfg = train_config(net, "alt_opt", cfg_files, ctx,
+                       **({"TRAIN": {"VERIFY_IMAGES": verify_images}} if verify_images else {}))
     if iters:
         cfg = with_iters(cfg, parse_iters(iters))
     db = get_imdb(imdb, data_root, use_diff=cfg.TRAIN.USE_DIFF)

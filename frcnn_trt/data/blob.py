@@ -18,6 +18,10 @@ explicit scales maps right but differs from OpenCV by up to ~0.014, and its resu
 of CPU threads (vectorised tails), which would make loader output depend on ``num_workers``; the
 elementwise ops used here round identically whatever the threading.
 
+Scale 1: the taps are then ``src = dst`` with weights ``(1, 0)``, so the resize returns its input bit for bit
+(finite values; ``x·1 + y·0 = x``, and the mean-subtracted image holds no ``-0.0``): at exactly ``s = 1`` it is
+skipped (a copy in :func:`resize_hwc`, nothing in :func:`preprocess_images`).
+
 Downscaling: ``cv2.INTER_LINEAR`` does **no** antialiasing (it samples the 2x2 neighbours), and neither
 does this; PIL's ``BILINEAR`` and ``F.interpolate(antialias=True)`` do, and would differ.
 """
@@ -82,12 +86,15 @@ def resize_hwc(image: torch.Tensor, scale: float, out_hw: tuple[int, int] | None
     """Bilinear resize of a float32 ``[H, W, C]`` tensor by ``scale``, as ``cv2.resize(fx=s, fy=s)``.
 
     OpenCV's INTER_LINEAR (module doc): same output size, taps, weights and pass order; runs on the
-    tensor's device. Returns a new float32 ``[H', W', C]`` tensor.
+    tensor's device. Returns a new float32 ``[H', W', C]`` tensor. At ``scale == 1`` without ``out_hw`` it is
+    a copy (the same bits, module doc); an explicit ``out_hw`` always runs the general path.
     """
     if image.ndim != 3:
         raise ModelError(f"resize_hwc expects an [H, W, C] tensor, got shape {tuple(image.shape)}")
     h, w, c = (int(v) for v in image.shape)
     oh, ow = out_hw if out_hw is not None else scaled_size(h, w, scale)
+    if scale == 1.0 and out_hw is None:  # identity taps (module doc): skip the gathers
+        return image.to(torch.float32, copy=True)
     dev = image.device
     x0, x1, a0, a1 = (t.to(dev) for t in _linear_taps(w, ow, scale))
     y0, y1, b0, b1 = (t.to(dev) for t in _linear_taps(h, oh, scale))
@@ -175,7 +182,7 @@ def preprocess_images(
         means = torch.tensor(means_np, dtype=torch.float64, device=t.device)
         scale = compute_scale(int(t.shape[0]), int(t.shape[1]), target_size, max_size)
         centred = (t.to(torch.float64) - means).to(torch.float32)  # as prep_im_for_blob, bit for bit
-        out = resize_hwc(centred, scale).permute(2, 0, 1)
+        out = (centred if scale == 1.0 else resize_hwc(centred, scale)).permute(2, 0, 1)  # s = 1: identity
         resized.append(out)
         info.append((float(out.shape[1]), float(out.shape[2]), scale))
     max_h = max(int(r.shape[1]) for r in resized)

@@ -8,6 +8,7 @@ of them joined with ``+``. Relative folders are taken from the working directory
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 
@@ -64,10 +65,10 @@ def get_imdb(name: str, data_root: Path | str = "data", *, use_diff: bool = Fals
         kind, _, rest = name.partition(":")
         folder, split = _path_and_split(rest)
         root = _resolve(folder, data_root)
-        if kind == "synth" and not (root / "classes.txt").is_file():
+        if kind == "synth" and not os.path.lexists(root / "classes.txt"):
             hint = (
                 "it does not exist; create it with `frcnn-trt data synth FOLDER`"
-                if not root.exists()
+                if not os.path.exists(root)
                 else "it has no classes.txt, so it was not written by make_synthetic_dataset"
             )
             raise DatasetError(f"synthetic dataset {root}: {hint}")
@@ -99,7 +100,8 @@ def _path_and_split(rest: str, default: str = "trainval") -> tuple[str, str]:
 
 def _resolve(path: str, data_root: Path) -> Path:
     p = Path(path).expanduser()
-    if not p.is_absolute() and not p.exists() and (data_root / p).exists():
+    # os.path.exists, not Path.exists: a name too long for the file system or holding a NUL byte is "not there"
+    if not p.is_absolute() and not os.path.exists(p) and os.path.exists(data_root / p):
         return data_root / p
     return p
 

@@ -30,9 +30,14 @@ from typing import Literal
 import numpy as np
 
 from frcnn_trt.errors import DatasetError
+from frcnn_trt.files import read_text, short
 
 __all__ = [
     "BACKGROUND",
+    "MAX_CLASS_NAME",
+    "MAX_COORDINATE",
+    "MAX_IMAGE_SIDE",
+    "MAX_OBJECTS_PER_IMAGE",
     "CombinedImdb",
     "DatasetIssue",
     "ImageAnnotation",
@@ -49,11 +54,23 @@ BACKGROUND = "__background__"
 
 # Bump when a parser change alters what annotations() returns: it is part of every fingerprint, so roidb
 # caches built by an older parser are rebuilt.
-ANNOTATION_SCHEMA = 1
+ANNOTATION_SCHEMA = 2
 
 # A box edge past the image by at most this much (float rounding in COCO-style annotations) is clipped
 # without an issue; VOC's classic "xmin = 0" (one whole pixel out) is reported.
 SUBPIXEL_TOLERANCE = 0.5
+
+# Limits on what one annotation may claim. A record past them is skipped and reported, never trusted: an image
+# side or coordinate this large would overflow float32 boxes to inf downstream, a class name this long or this
+# many objects in one image is a broken file, not a dataset.
+#: the longest class name accepted (characters)
+MAX_CLASS_NAME = 256
+#: the largest image width/height an annotation may state (pixels); larger is read from the image header
+MAX_IMAGE_SIDE = 1 << 20
+#: the largest absolute box coordinate accepted (pixels; float32 holds every integer up to 2**24 exactly)
+MAX_COORDINATE = float(1 << 24)
+#: the most objects one image may have; an image with more is skipped
+MAX_OBJECTS_PER_IMAGE = 10_000
 
 Severity = Literal["error", "warning", "info"]
 
@@ -132,29 +149,53 @@ class IssueLog:
             logger.info("%s: %s (of %d images)", self.dataset, kinds, num_images)
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` (stripped) cannot be a class name, or None: empty, too long, a control character."""
+    if not name:
+        return "empty class name"
+    if len(name) > MAX_CLASS_NAME:
+        return f"class name of {len(name)} characters (the limit is {MAX_CLASS_NAME}): {short(name)}"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return f"class name {short(name)} holds a control character"
+    return None
+
+
 def normalize_classes(classes: Iterable[str], *, source: str) -> tuple[str, ...]:
     """Class names → ``("__background__", c1, ..., cK)``; a leading background entry is accepted."""
-    names = [str(c).strip() for c in classes]
+    names = [c.strip() if isinstance(c, str) else str(c).strip() for c in classes]
     if names and names[0] == BACKGROUND:
         names = names[1:]
     if not names:
         raise DatasetError(f"{source}: no object classes given")
-    bad = [c for c in names if not c or c == BACKGROUND]
-    if bad:
-        raise DatasetError(f"{source}: invalid class name {bad[0]!r} (empty, or {BACKGROUND!r} not first)")
+    for k, c in enumerate(names, start=1):
+        problem = class_name_problem(c)
+        if problem is not None:
+            raise DatasetError(f"{source}: class {k}: invalid {problem}")
+        if c == BACKGROUND:
+            raise DatasetError(f"{source}: invalid class name {c!r} ({BACKGROUND!r} may only come first)")
     dupes = sorted(c for c, n in Counter(names).items() if n > 1)
     if dupes:
-        raise DatasetError(f"{source}: duplicate class name(s) {', '.join(map(repr, dupes))}")
+        raise DatasetError(f"{source}: duplicate class name(s) {short(', '.join(map(repr, dupes)), 300)}")
     return (BACKGROUND, *names)
 
 
 def read_class_file(path: Path) -> list[str]:
-    """A ``classes.txt``: one class per line; blank lines and ``#`` comments ignored."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read class list {path}: {exc}") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    """A ``classes.txt``: one class per line; blank lines and ``#`` comments ignored.
+
+    The file is read through :mod:`frcnn_trt.files` (regular files only, size limit, byte-order mark removed).
+    An undecodable line or an invalid name is a :class:`DatasetError` naming the file and line, not a skipped
+    line: the classes' order is the model's output order, so leaving one out would shift every later class.
+    """
+    names: list[str] = []
+    for number_, line in enumerate(read_text(path, "class list").splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        problem = class_name_problem(name)
+        if problem is not None:
+            raise DatasetError(f"{path}:{number_}: {problem}")
+        names.append(name)
+    return names
 
 
 def clip_box(
@@ -212,7 +253,7 @@ def file_stats(paths: Iterable[Path]) -> list[list[object]]:
         try:
             st = os.stat(p)
             out.append([str(p), st.st_size, st.st_mtime_ns])
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
             out.append([str(p), None, None])
     return out
 

@@ -17,6 +17,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from frcnn_trt.data.imdb import DatasetIssue, Imdb
+from frcnn_trt.data.skipped import skipped_lines
 
 __all__ = ["InspectReport", "inspect_imdb", "print_report", "render_report"]
 
@@ -35,6 +36,8 @@ class InspectReport:
     images_without_objects: list[str]
     issues: list[DatasetIssue]
     sections: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    #: ``skipped: <file>: <reason>`` lines (:func:`frcnn_trt.data.skipped.skipped_lines`), as training logs them
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def num_objects(self) -> int:
@@ -63,6 +66,7 @@ class InspectReport:
                 {"file": i.file, "message": i.message, "kind": i.kind, "severity": i.severity} for i in self.issues
             ],
             "sections": {k: [list(r) for r in v] for k, v in self.sections.items()},
+            "skipped": list(self.skipped),
         }
 
 
@@ -91,6 +95,7 @@ def inspect_imdb(imdb: Imdb) -> InspectReport:
         images_without_objects=[r.image_id for r in records if r.num_objects == 0],
         issues=imdb.issues,
     )
+    report.skipped = skipped_lines(report.issues)
     widths = np.array([r.width for r in records])
     heights = np.array([r.height for r in records])
     box_w = boxes[:, 2] - boxes[:, 0] + 1
@@ -139,6 +144,14 @@ def render_report(report: InspectReport, *, max_issues: int = 50) -> Group:
         per_class.add_row(str(k), name, str(n), str(report.difficult_per_class.get(name, 0)), style=style)
 
     parts: list[Any] = [summary, per_class]
+    if report.skipped:
+        skipped = Table(title=f"skipped ({len(report.skipped)})", title_justify="left", show_header=False)
+        skipped.add_column("what was skipped and why", overflow="fold")
+        for line in report.skipped[:max_issues]:
+            skipped.add_row(line, style="red")
+        if len(report.skipped) > max_issues:
+            skipped.add_row(f"... and {len(report.skipped) - max_issues} more (--json lists all)")
+        parts.append(skipped)
     if report.issues:
         issues = Table(title=f"issues ({len(report.issues)})", title_justify="left")
         issues.add_column("severity")

@@ -21,12 +21,16 @@ batch; with one replica the order is exactly py-faster-rcnn's).
 The Fast R-CNN RoI sampling (64 RoIs, 25 % fg) is **not** done here: it runs on the model's device in
 ``frcnn_trt.targets``. This loader hands over every RoI of an image, scaled by the image scale (not rounded),
 with its max_overlaps, max_classes and normalised regression targets.
+
+An image that fails to load (changed or deleted after the roidb's image check) is skipped, named in a warning
+and its place in the batch taken by the next readable entry; too many failures stop the run with a
+:class:`~frcnn_trt.errors.DatasetError` (:mod:`frcnn_trt.data.load_failures`). Nothing changes while every
+image loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from frcnn_trt.config import Config
+from frcnn_trt.data.batch import Batch, Sample, collate_batch
 from frcnn_trt.data.blob import prep_im_for_blob
-from frcnn_trt.data.images import read_image
+from frcnn_trt.data.images import DEFAULT_MAX_PIXELS, read_image
+from frcnn_trt.data.load_failures import FailureBoard
 from frcnn_trt.data.roidb_chain import RoidbEntry
 from frcnn_trt.errors import DatasetError
 
@@ -176,86 +182,32 @@ class AspectGroupedBatchSampler:
 class _ScaledBatchSampler:
     """Adds one scale index per image (``npr.randint(0, len(SCALES))``) to each batch of the sampler."""
 
-    def __init__(self, sampler: AspectGroupedBatchSampler, num_scales: int) -> None:
+    def __init__(self, sampler: AspectGroupedBatchSampler, num_scales: int, failures: FailureBoard | None = None
+                 ) -> None:
         self.sampler = sampler
         self.num_scales = int(num_scales)
+        self.failures = failures
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        # runs in the main process: the place where too many load failures (seen by the workers) stop the run
         for g, batch in self.sampler.iter_with_index():
+            if self.failures is not None:
+                self.failures.check()
             if self.num_scales == 1:
                 scale_inds = [0] * len(batch)
             else:
                 rng = np.random.default_rng([self.sampler.seed, _SCALE_STREAM, g])
                 scale_inds = rng.integers(0, self.num_scales, size=len(batch)).tolist()
             yield list(zip(batch, scale_inds, strict=True))
+        if self.failures is not None:
+            self.failures.check()
 
     def __len__(self) -> int:
         return len(self.sampler)
 
 
 # --------------------------------------------------------------------------------------------------
-# Samples and batches.
-
-
-@dataclass
-class Sample:
-    """One loaded training image (numpy, produced in a worker)."""
-
-    index: int
-    image_id: str
-    flipped: bool
-    image: np.ndarray  # float32 [H, W, 3] BGR, means subtracted, resized
-    im_scale: float
-    gt_boxes: np.ndarray  # float32 [G, 4], scaled
-    gt_classes: np.ndarray  # int64 [G]
-    rois: np.ndarray | None = None  # float32 [R, 4], scaled, not rounded
-    max_overlaps: np.ndarray | None = None  # float32 [R]
-    max_classes: np.ndarray | None = None  # int64 [R]
-    bbox_targets: np.ndarray | None = None  # float32 [R, 4], normalised
-    bbox_target_classes: np.ndarray | None = None  # int64 [R]: class of the target row (0 = no target)
-    path: str = ""  # the image file
-
-
-@dataclass
-class Batch:
-    """A training batch of torch tensors (CPU until :meth:`to`)."""
-
-    images: torch.Tensor  # float32 [N, 3, H, W], zero-padded, BGR
-    im_info: torch.Tensor  # float32 [N, 3]: (scaled h, scaled w, scale) of each image
-    gt_boxes: list[torch.Tensor]  # float32 [G_i, 4], scaled
-    gt_classes: list[torch.Tensor]  # int64 [G_i]
-    rois: list[torch.Tensor] | None = None  # float32 [R_i, 4], scaled (Fast R-CNN stages)
-    roi_max_overlaps: list[torch.Tensor] | None = None  # float32 [R_i]
-    roi_max_classes: list[torch.Tensor] | None = None  # int64 [R_i]
-    roi_bbox_targets: list[torch.Tensor] | None = None  # float32 [R_i, 4], normalised
-    roi_bbox_target_classes: list[torch.Tensor] | None = None  # int64 [R_i], 0 where no target
-    indices: list[int] | None = None  # roidb indices
-    image_ids: list[str] | None = None
-    flipped: list[bool] | None = None
-    paths: list[str] | None = None  # image files
-
-    @property
-    def num_images(self) -> int:
-        return int(self.images.shape[0])
-
-    def _map(self, fn: Any) -> Batch:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                v = fn(v)
-            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-                v = [fn(t) for t in v]
-            out[f.name] = v
-        return Batch(**out)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """A copy with every tensor on ``device``."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        """Used by ``DataLoader(pin_memory=True)``."""
-        return self._map(lambda t: t.pin_memory())
+# Loading samples (Sample, Batch and collate_batch live in frcnn_trt.data.batch).
 
 
 class RoidbDataset(Dataset):
@@ -263,6 +215,8 @@ class RoidbDataset(Dataset):
 
     Items are addressed by ``(roidb index, scale index)`` (a bare index means scale index 0). With
     ``with_rois`` (default: when some entry holds proposal rows) samples carry every RoI of the entry.
+    An image over ``max_pixels`` or unreadable is skipped (see the module docstring); ``failures`` is the board
+    shared with the workers (one is made when not given).
     """
 
     def __init__(
@@ -273,6 +227,8 @@ class RoidbDataset(Dataset):
         max_size: int,
         pixel_means: Sequence[float],
         with_rois: bool | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        failures: FailureBoard | None = None,
     ) -> None:
         if len(scales) == 0:
             raise ValueError("scales must hold at least one target size")
@@ -282,6 +238,8 @@ class RoidbDataset(Dataset):
         if with_rois is None:
             with_rois = any(bool((e.gt_classes == 0).any()) for e in roidb)
         self.with_rois = bool(with_rois)
+        self.max_pixels = int(max_pixels)
+        self.failures = failures if failures is not None else FailureBoard([e.image for e in roidb])
         # Only what loading needs (no dense gt_overlaps), so worker processes stay small.
         self._records = [
             (
@@ -303,14 +261,30 @@ class RoidbDataset(Dataset):
         return len(self._records)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        """The sample of entry ``index``, or of the next readable entry when its image fails to load."""
         index, scale_ind = (key, 0) if isinstance(key, (int, np.integer)) else key
-        image_id, path, width, height, flipped, boxes, gt_classes, max_ov, max_cls, targets = self._records[int(index)]
-        im = read_image(path)
-        if width > 0 and height > 0 and im.shape[:2] != (height, width):
-            raise DatasetError(
-                f"image {image_id!r} ({path}) is {im.shape[1]}x{im.shape[0]} but its roidb entry says "
-                f"{width}x{height}; wrong annotation size, or the image changed (clear the roidb cache)"
-            )
+        skipped: list[tuple[str, str]] = []
+        n = len(self._records)
+        for step in range(min(n, self.failures.cap + 1)):
+            j = (int(index) + step) % n
+            if self.failures.is_bad(j):
+                skipped.append((str(self._records[j][1]), "failed to load earlier in this run"))
+                continue
+            try:
+                sample = self._load(j, int(scale_ind))
+            except DatasetError as exc:  # ImageError included: the file changed or went away after the check
+                self.failures.mark(j, str(exc))
+                skipped.append((str(self._records[j][1]), str(exc)))
+                continue
+            sample.skipped = skipped
+            return sample
+        self.failures.check()
+        raise DatasetError(f"no readable image found for roidb entry {index} ({len(skipped)} tried)")
+
+    def _load(self, index: int, scale_ind: int) -> Sample:
+        image_id, path, width, height, flipped, boxes, gt_classes, max_ov, max_cls, targets = self._records[index]
+        im = read_image(path, max_pixels=self.max_pixels, expect_size=(width, height) if width > 0 and height > 0
+                        else None)
         if flipped:
             im = im[:, ::-1, :]
         image, im_scale = prep_im_for_blob(im, self.pixel_means, self.scales[int(scale_ind)], self.max_size)
@@ -333,42 +307,6 @@ class RoidbDataset(Dataset):
                 sample.bbox_targets = np.ascontiguousarray(targets[:, 1:], dtype=np.float32)
                 sample.bbox_target_classes = targets[:, 0].astype(np.int64)
         return sample
-
-
-def collate_batch(samples: Sequence[Sample]) -> Batch:
-    """Zero-pad the images into one ``[N, 3, H, W]`` blob and turn every array into a tensor."""
-    if not samples:
-        raise ValueError("collate_batch needs at least one sample")
-    max_h = max(s.image.shape[0] for s in samples)
-    max_w = max(s.image.shape[1] for s in samples)
-    images = torch.zeros((len(samples), 3, max_h, max_w), dtype=torch.float32)
-    for i, s in enumerate(samples):
-        images[i, :, : s.image.shape[0], : s.image.shape[1]] = torch.from_numpy(s.image).permute(2, 0, 1)
-    im_info = torch.tensor(
-        [[float(s.image.shape[0]), float(s.image.shape[1]), s.im_scale] for s in samples], dtype=torch.float32
-    )
-
-    def tensors(name: str) -> list[torch.Tensor] | None:
-        values = [getattr(s, name) for s in samples]
-        if any(v is None for v in values):
-            return None
-        return [torch.from_numpy(np.ascontiguousarray(v)) for v in values]
-
-    return Batch(
-        images=images,
-        im_info=im_info,
-        gt_boxes=tensors("gt_boxes") or [],
-        gt_classes=tensors("gt_classes") or [],
-        rois=tensors("rois"),
-        roi_max_overlaps=tensors("max_overlaps"),
-        roi_max_classes=tensors("max_classes"),
-        roi_bbox_targets=tensors("bbox_targets"),
-        roi_bbox_target_classes=tensors("bbox_target_classes"),
-        indices=[s.index for s in samples],
-        image_ids=[s.image_id for s in samples],
-        flipped=[s.flipped for s in samples],
-        paths=[s.path for s in samples],
-    )
 
 
 def _worker_init(worker_id: int) -> None:
@@ -395,11 +333,15 @@ def make_train_loader(
     with_rois: bool | None = None,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_failures: int | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` yielding the :class:`Batch` es of iterations ``start_iter`` .. ``max_iters - 1``.
 
     Workers (``num_workers`` > 0) load and resize images in the background; the batches are the same for
-    any ``num_workers`` (all random draws happen in the sampler, in the main process).
+    any ``num_workers`` (all random draws happen in the sampler, in the main process). An image that fails to
+    load is skipped and replaced; more than ``max_failures`` failed files (default ``max(10, 1 %)``) raise
+    :class:`DatasetError` in the main process.
     """
     if len(roidb) == 0:
         raise DatasetError("cannot train on an empty roidb")
@@ -416,7 +358,9 @@ def make_train_loader(
         num_replicas=num_replicas,
         rank=rank,
     )
-    dataset = RoidbDataset(roidb, scales=scales, max_size=max_size, pixel_means=pixel_means, with_rois=with_rois)
+    failures = FailureBoard([e.image for e in roidb], cap=max_failures)
+    dataset = RoidbDataset(roidb, scales=scales, max_size=max_size, pixel_means=pixel_means, with_rois=with_rois,
+                           max_pixels=max_pixels, failures=failures)
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra = {
@@ -426,7 +370,7 @@ def make_train_loader(
         }
     return DataLoader(
         dataset,
-        batch_sampler=_ScaledBatchSampler(sampler, len(dataset.scales)),
+        batch_sampler=_ScaledBatchSampler(sampler, len(dataset.scales), failures),
         num_workers=num_workers,
         collate_fn=collate_batch,
         pin_memory=pin_memory,
@@ -463,4 +407,5 @@ def make_train_loader_from_config(
         num_replicas=num_replicas,
         rank=rank,
         pin_memory=pin_memory,
+        max_pixels=cfg.MAX_IMAGE_PIXELS,
     )

@@ -3,30 +3,53 @@ arrays laid end to end plus a JSON sidecar (format, version, key, the npz's SHA-
 filtered-out entries, the bbox-target statistics). Never pickle: a cache is a file anyone can hand you.
 
 The cache key (:func:`cache_key`) covers everything that changes the result: the imdb's fingerprint and name,
-every setting of the chain and the digest of the stored proposals.
+every setting of the chain and the digest of the stored proposals. The images are not in the key (their files
+may change while the annotations do not): the sidecar keeps every image record and the signature of their check
+(:mod:`frcnn_trt.data.image_check`), and a hit is used only when checking them again gives the same signature.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from frcnn_trt.data.image_check import ImageRecord
 from frcnn_trt.data.roidb_chain import RoidbEntry, TrainingRoidb
 from frcnn_trt.distributed import is_main_process
 from frcnn_trt.errors import DatasetError
-from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from frcnn_trt.files import load_json
+from frcnn_trt.io import atomic_write_bytes, atomic_write_json, npz_bytes, sha256_bytes, sha256_file
 
-__all__ = ["CACHE_VERSION", "cache_files", "cache_key", "load_cache", "proposals_digest", "save_cache"]
+__all__ = [
+    "CACHE_VERSION",
+    "CachedRoidb",
+    "cache_files",
+    "cache_key",
+    "load_cache",
+    "proposals_digest",
+    "save_cache",
+    "writes_cache",
+]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+_MAX_SIDECAR_BYTES = 1 << 28
+
+
+@dataclass
+class CachedRoidb:
+    """A cached roidb with the image records it was built from and the signature of their check."""
+
+    roidb: TrainingRoidb
+    images: list[ImageRecord] = field(default_factory=list)
+    image_signature: str = ""
 
 
 def proposals_digest(proposals: Mapping[str, np.ndarray] | None) -> str | None:
@@ -62,14 +85,21 @@ def cache_files(cache_dir: Path, name: str, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{stem}.json", cache_dir / f"{stem}.npz"
 
 
-def _writes_cache() -> bool:
+def writes_cache() -> bool:
     """Whether this process writes the cache: always, except ranks other than 0 under torchrun."""
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return True
     return is_main_process()
 
 
-def save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb) -> bool:
+def save_cache(
+    json_path: Path,
+    npz_path: Path,
+    key: str,
+    result: TrainingRoidb,
+    images: Sequence[ImageRecord] = (),
+    image_signature: str = "",
+) -> bool:
     """Write the cache (npz, then its JSON sidecar); returns whether this process wrote it.
 
     The sidecar's hash is that of the bytes written (hashed in memory before the atomic write, not read
@@ -77,7 +107,7 @@ def save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb)
     writes: every rank that missed the cache builds the same roidb, and concurrent writers would each
     leave their own npz (its zip timestamps differ) next to another's sidecar.
     """
-    if not _writes_cache():
+    if not writes_cache():
         return False
     entries = result.entries
     offsets = np.zeros(len(entries) + 1, dtype=np.int64)
@@ -98,9 +128,7 @@ def save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb)
         arrays["bbox_targets"] = cat(
             [e.bbox_targets for e in entries if e.bbox_targets is not None], (0, 5), np.float32
         )
-    buf = io.BytesIO()
-    np.savez(buf, allow_pickle=False, **arrays)
-    data = buf.getvalue()
+    data = npz_bytes(arrays)
     atomic_write_bytes(npz_path, data)
     meta = {
         "format": "frcnn_trt.roidb",
@@ -111,16 +139,19 @@ def save_cache(json_path: Path, npz_path: Path, key: str, result: TrainingRoidb)
         "num_classes": entries[0].num_classes if entries else 0,
         "entries": [[e.image_id, str(e.image), e.width, e.height, e.flipped] for e in entries],
         "removed": [list(r) for r in result.removed],
+        "skipped": list(result.skipped),
         "bbox_means": None if result.bbox_means is None else result.bbox_means.tolist(),
         "bbox_stds": None if result.bbox_stds is None else result.bbox_stds.tolist(),
+        "images": [[r.image_id, str(r.path), int(r.width), int(r.height)] for r in images],
+        "image_signature": image_signature,
     }
     atomic_write_json(json_path, meta)
     return True
 
 
-def load_cache(json_path: Path, npz_path: Path, key: str) -> TrainingRoidb:
+def load_cache(json_path: Path, npz_path: Path, key: str) -> CachedRoidb:
     """The roidb cached under ``key``; DatasetError (or the reader's own error) when stale or corrupt."""
-    meta = json.loads(json_path.read_text(encoding="utf-8"))
+    meta = load_json(json_path, "roidb cache", max_bytes=_MAX_SIDECAR_BYTES)
     if meta.get("format") != "frcnn_trt.roidb" or meta.get("version") != CACHE_VERSION or meta.get("key") != key:
         raise DatasetError("cache metadata does not match (format, version or key)")
     if sha256_file(npz_path) != meta["npz_sha256"]:
@@ -154,4 +185,7 @@ def load_cache(json_path: Path, npz_path: Path, key: str) -> TrainingRoidb:
     means = None if meta["bbox_means"] is None else np.asarray(meta["bbox_means"], dtype=np.float64)
     stds = None if meta["bbox_stds"] is None else np.asarray(meta["bbox_stds"], dtype=np.float64)
     removed = [(str(r[0]), bool(r[1]), str(r[2])) for r in meta["removed"]]
-    return TrainingRoidb(entries, removed, means, stds, cache_path=json_path, from_cache=True)
+    images = [ImageRecord(str(i), Path(p), int(w), int(h)) for i, p, w, h in meta["images"]]
+    skipped = [str(s) for s in meta["skipped"]] if isinstance(meta.get("skipped"), list) else []
+    roidb = TrainingRoidb(entries, removed, means, stds, cache_path=json_path, from_cache=True, skipped=skipped)
+    return CachedRoidb(roidb, images, str(meta["image_signature"]))

@@ -42,6 +42,7 @@ __all__ = [
     "append_flipped_images",
     "bbox_overlaps_np",
     "bbox_transform_np",
+    "best_overlaps",
     "filter_roidb",
     "gt_roidb",
     "merge_proposals",
@@ -93,6 +94,8 @@ class TrainingRoidb:
     bbox_stds: np.ndarray | None
     cache_path: Path | None = None
     from_cache: bool = False
+    #: ``skipped: <file>: <reason>`` lines of the readers and of filter_roidb (see frcnn_trt.data.skipped)
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,6 +130,27 @@ def bbox_transform_np(ex_rois: np.ndarray, gt_rois: np.ndarray) -> np.ndarray:
     gt_cx = gt[:, 0] + 0.5 * gt_w
     gt_cy = gt[:, 1] + 0.5 * gt_h
     return np.stack([(gt_cx - ex_cx) / ex_w, (gt_cy - ex_cy) / ex_h, np.log(gt_w / ex_w), np.log(gt_h / ex_h)], axis=1)
+
+
+#: the most IoU values computed at once (a row chunk of the [N, M] matrix): memory stays bounded in the
+#: number of objects of one image (20,000 gt boxes would otherwise need a 3 GB float64 matrix per temporary)
+OVERLAP_CHUNK = 1 << 20
+
+
+def best_overlaps(boxes: np.ndarray, query_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(argmax, max)`` over ``query_boxes`` of each row of :func:`bbox_overlaps_np` ``(boxes, query_boxes)``,
+    computed in row chunks of at most :data:`OVERLAP_CHUNK` values. Each row's IoUs are computed exactly as
+    the full matrix would hold them, so the result is identical to ``iou.argmax(1)``, ``iou.max(1)``."""
+    n, m = int(boxes.shape[0]), int(query_boxes.shape[0])
+    arg = np.zeros(n, dtype=np.int64)
+    best = np.zeros(n, dtype=np.float64)
+    step = max(1, OVERLAP_CHUNK // max(m, 1))
+    for start in range(0, n, step):
+        iou = bbox_overlaps_np(boxes[start:start + step], query_boxes)
+        a = iou.argmax(axis=1)
+        arg[start:start + step] = a
+        best[start:start + step] = iou[np.arange(iou.shape[0]), a]
+    return arg, best
 
 
 def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
@@ -262,9 +286,7 @@ def merge_proposals(roidb: Sequence[RoidbEntry], proposals: Mapping[str, np.ndar
         p_over = np.zeros(p, dtype=np.float32)
         p_cls = np.zeros(p, dtype=np.int64)
         if gt_boxes.shape[0] > 0 and p > 0:
-            iou = bbox_overlaps_np(props, gt_boxes)
-            arg = iou.argmax(axis=1)
-            best = iou[np.arange(p), arg]
+            arg, best = best_overlaps(props, gt_boxes)
             pos = best > 0
             p_over[pos] = best[pos]
             p_cls[pos] = e.gt_classes[arg[pos]]
@@ -298,7 +320,13 @@ def prepare_roidb(roidb: Sequence[RoidbEntry]) -> None:
 
 
 def _compute_targets(rois: np.ndarray, overlaps: np.ndarray, labels: np.ndarray, bbox_thresh: float) -> np.ndarray:
-    """float32 ``[R, 5]`` (class, dx, dy, dw, dh) to the best gt RoI for RoIs with overlap >= bbox_thresh."""
+    """float32 ``[R, 5]`` (class, dx, dy, dw, dh) to the best gt RoI for RoIs with overlap >= bbox_thresh.
+
+    The "gt RoIs" are the rows with overlap exactly 1 (py-faster-rcnn). Such a row's IoU with itself is exactly
+    1.0, the largest an IoU can be, so its best gt RoI is an identical box and its target is exactly zero: only
+    the other rows are matched, in chunks (:func:`best_overlaps`), so memory stays bounded in the number of
+    objects of one image and the result is the one the full ``[E, G]`` matrix gives.
+    """
     targets = np.zeros((rois.shape[0], 5), dtype=np.float32)
     gt_inds = np.nonzero(overlaps == 1)[0]
     if gt_inds.size == 0:
@@ -306,10 +334,11 @@ def _compute_targets(rois: np.ndarray, overlaps: np.ndarray, labels: np.ndarray,
     ex_inds = np.nonzero(overlaps >= bbox_thresh)[0]
     if ex_inds.size == 0:
         return targets
-    ex_gt = bbox_overlaps_np(rois[ex_inds], rois[gt_inds])
-    gt_rois = rois[gt_inds[ex_gt.argmax(axis=1)]]
     targets[ex_inds, 0] = labels[ex_inds]
-    targets[ex_inds, 1:] = bbox_transform_np(rois[ex_inds], gt_rois)
+    rest = ex_inds[overlaps[ex_inds] != 1]
+    if rest.size:
+        arg, _ = best_overlaps(rois[rest], rois[gt_inds])
+        targets[rest, 1:] = bbox_transform_np(rois[rest], rois[gt_inds[arg]])
     return targets
 
 

@@ -15,25 +15,37 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
-import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import defusedxml
-import defusedxml.ElementTree as SafeET
 
 from frcnn_trt.data.images import image_size
 from frcnn_trt.data.imdb import (
+    BACKGROUND,
+    MAX_OBJECTS_PER_IMAGE,
     ImageAnnotation,
     Imdb,
     IssueLog,
+    class_name_problem,
     clip_box,
     make_annotation,
+    normalize_classes,
     read_class_file,
 )
+from frcnn_trt.data.voc_xml import (
+    BadAnnotationFile,
+    FieldProblem,
+    VocObject,
+    VocXml,
+    coords_from_xml,
+    difficult_from_xml,
+    parse_voc_xml,
+    read_voc_xml,
+    size_from_xml,
+)
 from frcnn_trt.errors import DatasetError, ImageError
+from frcnn_trt.files import confined, read_lines, short
 
 __all__ = ["IMAGE_EXTS", "VOC_CLASSES", "PascalVoc", "VocFolder", "VocObject", "VocXml", "parse_voc_xml"]
 
@@ -66,86 +78,20 @@ VOC_CLASSES: tuple[str, ...] = (
 # Tried in this order after ``<id>.jpg`` and the XML's <filename> when a custom folder's image is not a .jpg.
 IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
 
-_COORDS = ("xmin", "ymin", "xmax", "ymax")
+def _exists(path: Path) -> bool:
+    """Whether anything (a file, a FIFO, a dangling link) is at ``path``; False for an unusable name."""
+    return os.path.lexists(path)  # catches the OSError of a too-long name and the ValueError of a NUL byte
 
 
-@dataclass(frozen=True)
-class VocObject:
-    """One ``<object>`` as text, before validation (``None`` = element missing)."""
-
-    name: str | None
-    difficult: str | None
-    bndbox: dict[str, str | None] | None
-
-
-@dataclass(frozen=True)
-class VocXml:
-    """One annotation file as text, before validation."""
-
-    filename: str | None
-    width: str | None
-    height: str | None
-    has_size: bool
-    objects: tuple[VocObject, ...]
-
-
-class _BadFile(Exception):
-    """An annotation file that cannot be used at all (the message is the reason, without the path)."""
-
-
-def _text(elem: ET.Element, tag: str) -> str | None:
-    child = elem.find(tag)
-    if child is None:
-        return None
-    return (child.text or "").strip()
-
-
-def _parse(path: Path) -> VocXml:
+def _id_problem(image_id: str, ann_dir: Path) -> str | None:
+    """Why ``image_id`` cannot name files (a NUL byte, ``..``/absolute, longer than a file name may be)."""
     try:
-        root = SafeET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise _BadFile(f"malformed or truncated XML ({exc})") from None
-    except defusedxml.DefusedXmlException as exc:
-        raise _BadFile(f"XML rejected as unsafe ({type(exc).__name__}: {exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _BadFile(f"cannot read ({exc})") from None
-    if root.tag != "annotation":
-        raise _BadFile(f"not a VOC annotation: root element is <{root.tag}>, expected <annotation>")
-    size = root.find("size")
-    objects = []
-    for obj in root.findall("object"):
-        bndbox = obj.find("bndbox")
-        coords = None if bndbox is None else {k: _text(bndbox, k) for k in _COORDS}
-        objects.append(VocObject(_text(obj, "name"), _text(obj, "difficult"), coords))
-    return VocXml(
-        filename=_text(root, "filename"),
-        width=None if size is None else _text(size, "width"),
-        height=None if size is None else _text(size, "height"),
-        has_size=size is not None,
-        objects=tuple(objects),
-    )
-
-
-def parse_voc_xml(path: str | Path) -> VocXml:
-    """Read one VOC annotation file (hardened parser); :class:`DatasetError` naming the file if unusable."""
-    path = Path(path)
-    try:
-        return _parse(path)
-    except _BadFile as exc:
-        raise DatasetError(f"{path}: {exc}") from None
-
-
-def _size_from_xml(raw: VocXml) -> tuple[int, int] | str:
-    """``(width, height)`` from <size>, or the reason it cannot be used."""
-    if not raw.has_size:
-        return "no <size> element"
-    try:
-        width, height = float(raw.width or ""), float(raw.height or "")
-    except ValueError:
-        return f"invalid <size> width={raw.width!r} height={raw.height!r}"
-    if not (width >= 1 and height >= 1 and width.is_integer() and height.is_integer()):
-        return f"invalid <size> width={raw.width!r} height={raw.height!r}"
-    return int(width), int(height)
+        confined(ann_dir, f"{image_id}.xml", "image id")
+    except DatasetError as exc:
+        return str(exc).removeprefix("image id: ")
+    if any(len(part.encode("utf-8", "surrogateescape")) > 250 for part in image_id.replace("\\", "/").split("/")):
+        return f"image id of {len(image_id)} characters is longer than a file name may be"
+    return None
 
 
 class VocFolder(Imdb):
@@ -157,6 +103,10 @@ class VocFolder(Imdb):
     every annotation file when there is no ImageSets folder. Object names are matched exactly, then
     case-insensitively when that is unambiguous (``lowercase_names`` lowercases them first, as
     py-faster-rcnn did for VOC).
+
+    Every file is read through :mod:`frcnn_trt.files`: an image-set line that is not UTF-8, an id that cannot
+    name a file, an unreadable or malformed annotation, an object with a bad field and an image with more than
+    :data:`~frcnn_trt.data.imdb.MAX_OBJECTS_PER_IMAGE` objects are each skipped and reported as issues.
     """
 
     def __init__(
@@ -178,19 +128,20 @@ class VocFolder(Imdb):
         self._img_dir = self.root / "JPEGImages"
         self._lowercase = lowercase_names
         self._image_exts = tuple(image_exts)
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset folder not found: {self.root}")
-        if not self._ann_dir.is_dir():
+        if not os.path.isdir(self.root):
+            raise DatasetError(f"dataset folder not found: {short(str(self.root), 200)}")
+        if not os.path.isdir(self._ann_dir):
             raise DatasetError(f"{self.root} is not a VOC-format folder: it has no Annotations/ subfolder")
         self._split_file: Path | None = None
+        self._split_problems: list[str] = []
         self._ids = self._read_split()
         self._parsed: dict[str, VocXml] = {}
         self._class_file: Path | None = None
         if classes is not None:
             self.class_source = "explicit"
-        elif (self.root / "classes.txt").is_file():
+        elif _exists(self.root / "classes.txt"):  # a FIFO or folder there is refused by the reader, not ignored
             self._class_file = self.root / "classes.txt"
-            classes = read_class_file(self._class_file)
+            classes = normalize_classes(read_class_file(self._class_file), source=str(self._class_file))
             self.class_source = "classes.txt"
         else:
             classes = self._infer_classes()
@@ -203,44 +154,43 @@ class VocFolder(Imdb):
             use_07_metric=use_07_metric,
         )
         self._lookup = {c: i for i, c in enumerate(self.classes) if i > 0}
-        lower = [c.lower() for c in self.classes[1:]]
-        self._lookup_ci = {c.lower(): i for i, c in enumerate(self.classes) if i > 0 and lower.count(c.lower()) == 1}
+        lower = Counter(c.lower() for c in self.classes[1:])
+        self._lookup_ci = {c.lower(): i for i, c in enumerate(self.classes) if i > 0 and lower[c.lower()] == 1}
+        self._hints: dict[str, str] = {}
 
     # -- construction helpers ----------------------------------------------------------------------------
     def _read_split(self) -> list[str]:
         split_file = self.root / "ImageSets" / "Main" / f"{self.split}.txt"
-        if self.split == "all" and not split_file.is_file():
+        if self.split == "all" and not _exists(split_file):
             self._split_file = None
             return sorted(p.stem for p in self._ann_dir.glob("*.xml"))
         self._split_file = split_file
-        if not split_file.is_file():
-            main = split_file.parent
-            found = sorted(p.stem for p in main.glob("*.txt")) if main.is_dir() else []
-            splits = [s for s in found if "_" not in s] or found
-            close = difflib.get_close_matches(self.split, splits, n=1)
-            hint = (f"did you mean {close[0]!r}? " if close else "") + (
-                f"available: {', '.join(splits[:12])}" if splits else "no ImageSets/Main/*.txt at all"
-            )
-            raise DatasetError(
-                f"image set file not found: {split_file} ({hint}"
-                f"{'' if splits else '; split=all uses every annotation'})"
-            )
-        try:
-            lines = split_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"cannot read image set file {split_file}: {exc}") from None
+        if not _exists(split_file):
+            raise DatasetError(self._missing_split_message(split_file))
+        lines, self._split_problems = read_lines(split_file, "image set file")
         return [line.strip() for line in lines if line.strip()]
+
+    def _missing_split_message(self, split_file: Path) -> str:
+        main = split_file.parent
+        found = sorted(p.stem for p in main.glob("*.txt")) if main.is_dir() else []
+        splits = [s for s in found if "_" not in s] or found
+        close = difflib.get_close_matches(self.split, splits, n=1)
+        hint = (f"did you mean {close[0]!r}? " if close else "") + (
+            f"available: {', '.join(splits[:12])}" if splits else "no ImageSets/Main/*.txt at all"
+        )
+        return f"image set file not found: {split_file} ({hint}{'' if splits else '; split=all uses every annotation'})"
 
     def _infer_classes(self) -> list[str]:
         names: set[str] = set()
         files = sorted(self._ann_dir.glob("*.xml"))
         for path in files:
             try:
-                raw = _parse(path)
-            except _BadFile:
+                raw = read_voc_xml(path)
+            except BadAnnotationFile:
                 continue  # reported by the load if the file belongs to this split
             self._parsed[path.stem] = raw
             names.update(self._norm(o.name) for o in raw.objects if o.name)
+        names = {n for n in names if n != BACKGROUND and class_name_problem(n) is None}  # others: unknown, reported
         if not names:
             raise DatasetError(
                 f"{self.root}: no object names in {len(files)} annotation file(s) to infer classes "
@@ -252,7 +202,7 @@ class VocFolder(Imdb):
             self.root,
             len(classes),
             len(files),
-            ", ".join(classes),
+            ", ".join(classes[:100]) + (f", ... ({len(classes)} in all)" if len(classes) > 100 else ""),
         )
         return classes
 
@@ -261,10 +211,10 @@ class VocFolder(Imdb):
 
     def _find_image(self, image_id: str, filename: str | None) -> Path | None:
         candidates = [self._img_dir / f"{image_id}.jpg"]
-        if filename:
+        if filename and "\x00" not in filename:
             candidates.append(self._img_dir / Path(filename).name)
         candidates += [self._img_dir / f"{image_id}{ext}" for ext in self._image_exts]
-        return next((p for p in candidates if p.is_file()), None)
+        return next((p for p in candidates if os.path.isfile(p)), None)
 
     # -- Imdb hooks --------------------------------------------------------------------------------------
     def _fingerprint_files(self) -> Iterable[Path]:
@@ -272,70 +222,78 @@ class VocFolder(Imdb):
         if self.class_source == "inferred":
             files += sorted(self._ann_dir.glob("*.xml"))
         else:
-            files += [self._ann_dir / f"{i}.xml" for i in self._ids]
+            files += [self._ann_dir / f"{i}.xml" for i in self._ids if _id_problem(i, self._ann_dir) is None]
         return [*files, self._img_dir]
 
     def _load(self, log: IssueLog) -> list[ImageAnnotation]:
+        for problem in self._split_problems:
+            file, _, message = problem.rpartition(": ")
+            log.add(file, message, "bad_line")
         records: list[ImageAnnotation] = []
         seen: set[str] = set()
+        where = self._split_file or self._ann_dir
         for image_id in self._ids:
             if image_id in seen:
-                log.add(
-                    self._split_file or self._ann_dir,
-                    f"image id {image_id!r} listed twice; kept once",
-                    "duplicate_id",
-                    "info",
-                )
+                log.add(where, f"image id {short(image_id)} listed twice; kept once", "duplicate_id", "info")
                 continue
             seen.add(image_id)
+            id_problem = _id_problem(image_id, self._ann_dir)
+            if id_problem is not None:
+                log.add(where, f"{id_problem}; line skipped", "bad_id")
+                continue
             record = self._load_one(image_id, log)
             if record is not None:
                 records.append(record)
         self._parsed.clear()
         return records
 
+    def _raw(self, image_id: str, xml_path: Path, log: IssueLog) -> VocXml | None:
+        """The parsed annotation of ``image_id`` (read now unless class inference read it), None if unusable."""
+        raw = self._parsed.get(image_id)
+        if raw is not None:
+            return raw
+        if not _exists(xml_path):
+            log.add(xml_path, f"annotation file not found for image id {image_id!r}; image skipped",
+                    "missing_annotation")
+            return None
+        try:
+            return read_voc_xml(xml_path)
+        except BadAnnotationFile as exc:
+            log.add(xml_path, f"{exc}; image skipped", "malformed_file")
+            return None
+
+    def _size(self, raw: VocXml, image: Path, xml_path: Path, log: IssueLog) -> tuple[int, int] | None:
+        """``(width, height)`` from <size>, else from the image header (a warning), else None (reported)."""
+        size = size_from_xml(raw)
+        if not isinstance(size, str):
+            return size
+        try:
+            header = image_size(image)
+        except ImageError as exc:
+            log.add(image, f"{size} in {xml_path.name} and the image header is unreadable ({exc}); image skipped",
+                    "unreadable_image")
+            return None
+        log.add(xml_path, f"{size}; size {header[0]}x{header[1]} taken from the image header {image.name}",
+                "missing_size", "warning")
+        return header
+
     def _load_one(self, image_id: str, log: IssueLog) -> ImageAnnotation | None:
         xml_path = self._ann_dir / f"{image_id}.xml"
-        raw = self._parsed.get(image_id)
+        raw = self._raw(image_id, xml_path, log)
         if raw is None:
-            if not xml_path.is_file():
-                log.add(
-                    xml_path,
-                    f"annotation file not found for image id {image_id!r}; image skipped",
-                    "missing_annotation",
-                )
-                return None
-            try:
-                raw = _parse(xml_path)
-            except _BadFile as exc:
-                log.add(xml_path, f"{exc}; image skipped", "malformed_file")
-                return None
+            return None
+        if len(raw.objects) > MAX_OBJECTS_PER_IMAGE:
+            log.add(xml_path, f"{len(raw.objects)} objects, over the limit of {MAX_OBJECTS_PER_IMAGE} per image; "
+                    "image skipped", "too_many_objects")
+            return None
         image = self._find_image(image_id, raw.filename)
         if image is None:
-            log.add(
-                self._img_dir / f"{image_id}.jpg",
-                f"image file not found (annotation {xml_path.name}); image skipped",
-                "missing_image",
-            )
+            log.add(self._img_dir / f"{image_id}.jpg", f"image file not found (annotation {xml_path.name}); "
+                    "image skipped", "missing_image")
             return None
-        size = _size_from_xml(raw)
-        if isinstance(size, str):
-            reason = size
-            try:
-                size = image_size(image)
-            except ImageError as exc:
-                log.add(
-                    image,
-                    f"{reason} in {xml_path.name} and the image header is unreadable ({exc}); image skipped",
-                    "unreadable_image",
-                )
-                return None
-            log.add(
-                xml_path,
-                f"{reason}; size {size[0]}x{size[1]} taken from the image header {image.name}",
-                "missing_size",
-                "warning",
-            )
+        size = self._size(raw, image, xml_path, log)
+        if size is None:
+            return None
         width, height = size
         objects = []
         for k, obj in enumerate(raw.objects, start=1):
@@ -355,18 +313,20 @@ class VocFolder(Imdb):
             log.add(xml_path, f"object {k} has no <name>; skipped", "missing_field")
             return None
         name = self._norm(obj.name)
-        what = f"object {k} ({name!r})"
+        what = f"object {k} ({short(name)})"
         cls = self._class_index(name, k, xml_path, log)
         if cls is None:
             return None
-        difficult = _parse_difficult(obj.difficult, what, xml_path, log)
-        if difficult is None:
+        difficult = difficult_from_xml(obj.difficult)
+        if isinstance(difficult, str):
+            log.add(xml_path, f"{what}: {difficult}; skipped", "bad_value")
             return None
         if obj.bndbox is None:
             log.add(xml_path, f"{what} has no <bndbox>; skipped", "missing_field")
             return None
-        values = _parse_coords(obj.bndbox, what, xml_path, log)
-        if values is None:
+        values = coords_from_xml(obj.bndbox)
+        if isinstance(values, FieldProblem):
+            log.add(xml_path, f"{what}: {values.reason}; skipped", values.kind)
             return None
         xmin, ymin, xmax, ymax = values
         box = clip_box((xmin - 1, ymin - 1, xmax - 1, ymax - 1), width, height, file=xml_path, what=what, log=log)
@@ -377,66 +337,27 @@ class VocFolder(Imdb):
     def _class_index(self, name: str, k: int, xml_path: Path, log: IssueLog) -> int | None:
         cls = self._lookup.get(name) or self._lookup_ci.get(name.lower())
         if cls is None:
-            close = difflib.get_close_matches(name, self.classes[1:], n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            log.add(
-                xml_path,
-                f"unknown class {name!r} (object {k}); skipped — {hint}classes are {', '.join(self.classes[1:])}",
-                "unknown_class",
-            )
+            log.add(xml_path, f"unknown class {short(name)} (object {k}); skipped — {self._hint(name)}",
+                    "unknown_class")
         return cls
 
-
-def _parse_difficult(text: str | None, what: str, xml_path: Path, log: IssueLog) -> bool | None:
-    """``<difficult>`` as a flag (absent or empty: False); None (logged) when it is not a number."""
-    if not text:
-        return False
-    try:
-        return int(float(text)) != 0
-    except ValueError:
-        log.add(xml_path, f"{what}: non-numeric <difficult> {text!r}; skipped", "bad_value")
-        return None
-
-
-def _parse_coords(
-    bndbox: Mapping[str, str | None], what: str, xml_path: Path, log: IssueLog
-) -> tuple[float, float, float, float] | None:
-    """``<bndbox>``'s 1-based ``(xmin, ymin, xmax, ymax)``; None (logged) when one is missing or not a finite
-    number, or the box is inverted or has zero area."""
-    values = []
-    for key in _COORDS:
-        text = bndbox[key]
-        if not text:
-            log.add(xml_path, f"{what}: <{key}> missing or empty; skipped", "missing_field")
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            log.add(xml_path, f"{what}: non-numeric coordinate {key}={text!r}; skipped", "bad_value")
-            return None
-        values.append(value)
-    xmin, ymin, xmax, ymax = values
-    coords = f"xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
-    if xmax < xmin or ymax < ymin:
-        log.add(
-            xml_path,
-            f"{what}: inverted box {coords} (xmax < xmin or ymax < ymin); skipped",
-            "inverted_box",
-        )
-        return None
-    if xmax == xmin or ymax == ymin:
-        log.add(xml_path, f"{what}: zero-area box {coords}; skipped", "zero_area_box")
-        return None
-    return xmin, ymin, xmax, ymax
+    def _hint(self, name: str) -> str:
+        """``did you mean ...? classes are ...`` for an unknown name (computed once per name; no fuzzy search
+        over a huge name or class list, which would cost seconds per object)."""
+        if name not in self._hints:
+            names = self.classes[1:]
+            close = (difflib.get_close_matches(name, names, n=1)
+                     if len(name) <= 64 and len(names) <= 1000 else [])
+            listed = ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
+            self._hints[name] = (f"did you mean {close[0]!r}? " if close else "") + f"classes are {listed}"
+        return self._hints[name]
 
 
 def _devkit_root(year: str, data_root: Path) -> Path:
     """``<data_root>/VOCdevkit<year>/VOC<year>`` (py-faster-rcnn), else the tarball's layout."""
     candidates = [data_root / f"VOCdevkit{year}" / f"VOC{year}", data_root / "VOCdevkit" / f"VOC{year}"]
     for c in candidates:
-        if c.is_dir():
+        if os.path.isdir(c):
             return c
     raise DatasetError(
         f"PASCAL VOC {year} not found: looked for {candidates[0]} and {candidates[1]}. Extract the "

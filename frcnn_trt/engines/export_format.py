@@ -27,13 +27,14 @@ directory: a missing or unreadable ``export.json``, a missing file, a size or SH
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from frcnn_trt.engines.export_checks import check_class_outputs, check_export, check_files
 from frcnn_trt.errors import ExportError
+from frcnn_trt.files import load_json, short
 from frcnn_trt.io import sha256_file
 
 __all__ = [
@@ -51,6 +52,10 @@ __all__ = [
 
 FORMAT = "frcnn-trt-export"
 FORMAT_VERSION = 1
+#: the export.json format versions this code reads
+SUPPORTED_VERSIONS = (1,)
+#: the largest export.json read
+MAX_EXPORT_JSON_BYTES = 16 << 20
 EXPORT_FILE = "export.json"
 RPN_FILE = "rpn.onnx"
 DETECTOR_FILE = "detector.onnx"
@@ -265,21 +270,23 @@ _REQUIRED = ("class_names", "net", "preprocessing", "anchors", "proposals", "tes
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise ExportError(f"{path} not found: not an export directory (run `frcnn-trt export` first)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path} is unreadable or not JSON: {exc}") from None
+    data = load_json(path, "export.json", MAX_EXPORT_JSON_BYTES, error=ExportError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ExportError(f"{path} is not a frcnn-trt export.json (format={got!r})")
-    if int(data.get("format_version", -1)) > FORMAT_VERSION:
-        raise ExportError(f"{path} has format_version {data.get('format_version')}; this frcnn-trt reads "
-                          f"<= {FORMAT_VERSION}: upgrade frcnn-trt")
+        got = short(data.get("format")) if isinstance(data, dict) else type(data).__name__
+        raise ExportError(f"{path} is not a frcnn-trt export.json (format={got})")
+    version = data.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ExportError(f"{path} lacks an integer format_version (got {short(version)})")
+    if version not in SUPPORTED_VERSIONS:
+        newer = version > max(SUPPORTED_VERSIONS)
+        raise ExportError(f"{path} has format_version {version}; this frcnn-trt reads "
+                          f"{', '.join(map(str, SUPPORTED_VERSIONS))}{': upgrade frcnn-trt' if newer else ''}")
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ExportError(f"{path} lacks field(s) {', '.join(missing)}")
+    check_export(data, path)
     return data
 
 
@@ -291,21 +298,18 @@ def load_export(directory: str | Path, *, verify: bool = True) -> ExportInfo:
     if not root.is_dir():
         raise ExportError(f"export path {root} is not a directory (give the folder holding export.json)")
     data = _read_json(root / EXPORT_FILE)
-    files = data["files"]
-    if not isinstance(files, Mapping) or RPN_FILE not in files or DETECTOR_FILE not in files:
-        raise ExportError(f"{root / EXPORT_FILE}: 'files' must list {RPN_FILE} and {DETECTOR_FILE}")
-    for name, entry in files.items():
-        path = root / name
-        if not path.is_file():
-            raise ExportError(f"export file {path} is missing (listed in {EXPORT_FILE})")
+    paths = check_files(data["files"], root, root / EXPORT_FILE, (RPN_FILE, DETECTOR_FILE))
+    for name, path in paths.items():
+        entry = data["files"][name]
         size = path.stat().st_size
-        if int(entry.get("size", -1)) != size:
-            raise ExportError(f"export file {path} has {size} bytes, {EXPORT_FILE} records {entry.get('size')}:"
+        if entry["size"] != size:
+            raise ExportError(f"export file {path} has {size} bytes, {EXPORT_FILE} records {entry['size']}:"
                               " the file is truncated or was replaced; re-export")
         if verify:
             digest = sha256_file(path)
-            if digest != entry.get("sha256"):
+            if digest != entry["sha256"]:
                 raise ExportError(f"export file {path}: SHA-256 {digest[:12]}… differs from the "
-                                  f"{str(entry.get('sha256'))[:12]}… in {EXPORT_FILE}: the file is corrupt or "
+                                  f"{entry['sha256'][:12]}… in {EXPORT_FILE}: the file is corrupt or "
                                   "was modified; re-export")
+    check_class_outputs(paths[DETECTOR_FILE], len(data["class_names"]), root / EXPORT_FILE)
     return ExportInfo(root, data)

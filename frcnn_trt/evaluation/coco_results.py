@@ -2,8 +2,9 @@
 
 A list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` with ``category_id`` = our class index
 (1..K), ``w = x2 - x1 + 1``, ``h = y2 - y1 + 1`` (+1 geometry, so the COCO IoU of two such boxes equals the +1
-IoU of the inclusive boxes). ``image_id``: see :func:`write_coco_results`. Malformed input raises
-:class:`~frcnn_trt.errors.DatasetError` naming the file and the result.
+IoU of the inclusive boxes). ``image_id``: see :func:`write_coco_results`. A malformed result is skipped and
+reported as ``<file>: result <k>: <reason>``; a file that cannot be read raises
+:class:`~frcnn_trt.errors.DatasetError` naming it (policy: :mod:`frcnn_trt.evaluation.file_checks`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import numpy as np
 
 from frcnn_trt.errors import DatasetError
 from frcnn_trt.evaluation.detections import Detections
-from frcnn_trt.evaluation.file_checks import class_names_tuple, is_number, load_json
+from frcnn_trt.evaluation.file_checks import (
+    BadRecord,
+    SkipLog,
+    box_of,
+    class_names_tuple,
+    image_id_of,
+    load_json,
+    score_of,
+)
+from frcnn_trt.files import short
 from frcnn_trt.io import atomic_write_text
 
 __all__ = ["parse_coco_results", "read_coco_results", "write_coco_results"]
@@ -85,75 +95,67 @@ def _resolve_int_ids(image_ids: Sequence[str] | None, path: Path) -> dict[int, s
     return table
 
 
-def _check_coco_item(item: Any, where: str, num_classes: int) -> tuple[Any, int, list[Any], float]:
-    """Validate one COCO result (slow path, for the message); return image_id, category_id, bbox, score."""
+class _Ids:
+    """Turns a COCO ``image_id`` (an int or a string) into one of ours (see :func:`read_coco_results`)."""
+
+    def __init__(self, image_ids: Sequence[str] | None, path: Path) -> None:
+        self.int_table = _resolve_int_ids(image_ids, path)
+        self.known = frozenset(image_ids) if image_ids is not None else None
+
+    def __call__(self, img: Any) -> str:
+        if type(img) is int:
+            if self.int_table is None:
+                if abs(img) >= 1 << 63:
+                    raise BadRecord(f"image_id {short(img)} is out of range")
+                return str(img)
+            if img in self.int_table:
+                return self.int_table[img]
+            raise BadRecord(f"image_id {short(img)} matches no image id of this image set")
+        if type(img) is not str:
+            raise BadRecord(f"image_id must be an int or a string, got {short(img)}")
+        return image_id_of(img, self.known)
+
+
+def _coco_item(item: Any, ids: _Ids, num_classes: int) -> tuple[str, int, list[float], float]:
+    """``(image_id, category_id, xywh, score)`` of one COCO result; :class:`BadRecord` if malformed."""
     if not isinstance(item, dict):
-        raise DatasetError(f"{where}: expected an object, got {item!r}")
+        raise BadRecord(f"expected an object, got {short(item)}")
     missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in item]
     if missing:
-        raise DatasetError(f"{where}: missing key(s) {missing}")
-    img = item["image_id"]
-    if type(img) not in (int, str):
-        raise DatasetError(f"{where}: image_id must be an int or a string, got {img!r}")
+        raise BadRecord(f"missing key(s) {missing}")
+    image_id = ids(item["image_id"])
     cat = item["category_id"]
     if type(cat) is not int or not 1 <= cat <= num_classes:
-        raise DatasetError(f"{where}: category_id {cat!r} is not a class index in 1..{num_classes}")
-    bbox = item["bbox"]
-    if not (type(bbox) is list and len(bbox) == 4 and all(is_number(v) for v in bbox)):
-        raise DatasetError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-    score = item["score"]
-    if not is_number(score):
-        raise DatasetError(f"{where}: score must be a finite number, got {score!r}")
-    return img, cat, bbox, score
+        raise BadRecord(f"category_id {short(cat)} is not a class index in 1..{num_classes}")
+    return image_id, cat, box_of(item["bbox"], xywh=True), score_of(item["score"])
 
 
 def parse_coco_results(
     items: list[Any], path: Path, names: tuple[str, ...], image_ids: Sequence[str] | None
 ) -> Detections:
-    int_table = _resolve_int_ids(image_ids, path)
-    known = set(image_ids) if image_ids is not None else None
+    """Detections of a parsed COCO results list; a malformed result is skipped and reported (see
+    :mod:`frcnn_trt.evaluation.file_checks`)."""
+    ids_of = _Ids(image_ids, path)
     num_classes = len(names) - 1
+    skips = SkipLog(path)
     ids: list[str] = []
-    xywh: list[Any] = []
+    xywh: list[list[float]] = []
     scores: list[float] = []
     classes: list[int] = []
     for k, item in enumerate(items):
-        try:  # fast path for well-formed items; anything else is re-checked for a precise message
-            img, cat, bbox, score = item["image_id"], item["category_id"], item["bbox"], item["score"]
-            x, y, w, h = bbox
-            ok = (
-                type(img) in (int, str)
-                and type(cat) is int
-                and 0 < cat <= num_classes
-                and type(bbox) is list
-                and is_number(x)
-                and is_number(y)
-                and is_number(w)
-                and is_number(h)
-                and is_number(score)
-            )
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            img, cat, bbox, score = _check_coco_item(item, f"{path}: result {k}", num_classes)
-        if type(img) is int:
-            if int_table is None:
-                image_id = str(img)
-            elif img in int_table:
-                image_id = int_table[img]
-            else:
-                raise DatasetError(f"{path}: result {k}: image_id {img} matches no image id of this image set")
-        else:
-            image_id = img
-            if known is not None and image_id not in known:
-                raise DatasetError(f"{path}: result {k}: image_id {img!r} is not in this image set")
+        try:
+            image_id, cat, bbox, score = _coco_item(item, ids_of, num_classes)
+        except BadRecord as e:
+            skips.add(f"{path}: result {k}", str(e))
+            continue
         ids.append(image_id)
         xywh.append(bbox)
         scores.append(score)
         classes.append(cat)
     b = np.array(xywh, dtype=np.float64).reshape(-1, 4)
     boxes = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:] - 1.0], axis=1)
-    return Detections.from_flat(ids, boxes, np.array(scores, dtype=np.float64), np.array(classes, dtype=np.int64))
+    dets = Detections.from_flat(ids, boxes, np.array(scores, dtype=np.float64), np.array(classes, dtype=np.int64))
+    return skips.finish(dets)
 
 
 def read_coco_results(
@@ -166,7 +168,8 @@ def read_coco_results(
 
     A string ``image_id`` is used as it is; an int one is mapped to the id in ``image_ids`` whose
     ``int(id)`` equals it (``5`` -> ``"000005"``), or to ``str(int)`` when ``image_ids`` is not given.
-    With ``image_ids``, an id outside the set raises :class:`DatasetError`.
+    With ``image_ids``, a result of an image outside the set is skipped and reported, as is any malformed
+    result; a file that cannot be read, or whose results are all bad, raises :class:`DatasetError`.
     """
     p = Path(path)
     data = load_json(p)

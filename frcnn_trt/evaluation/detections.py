@@ -22,7 +22,6 @@ import numpy as np
 __all__ = ["DetectionArrays", "Detections"]
 
 
-
 @dataclass(frozen=True)
 class DetectionArrays:
     """Detections of one image: ``boxes`` float64 [D, 4], ``scores`` float64 [D], ``classes`` int64 [D]."""
@@ -56,11 +55,15 @@ class Detections:
     """Detections of an image set, keyed by image id (insertion order kept).
 
     ``add`` appends (several calls for the same image concatenate, e.g. one per class); ``get`` returns an
-    empty :class:`DetectionArrays` for an image without detections, ``[]`` raises ``KeyError``.
+    empty :class:`DetectionArrays` for an image without detections, ``[]`` raises ``KeyError``. A reader of a
+    detections file sets :attr:`problems` (the records it skipped and why, the first
+    :data:`~frcnn_trt.evaluation.file_checks.MAX_PROBLEMS_KEPT`) and :attr:`num_skipped` (all of them).
     """
 
     def __init__(self) -> None:
         self._parts: dict[str, list[DetectionArrays]] = {}
+        self.problems: list[str] = []
+        self.num_skipped = 0
 
     @classmethod
     def from_dict(cls, per_image: Mapping[str, DetectionArrays]) -> Detections:

@@ -2,14 +2,15 @@
 
 A JSON list of per-image records ``{"image_id", "file", "width", "height", "detections": [{"class_id", "label",
 "score", "box"}]}`` with 0-based inclusive ``box`` = [x1, y1, x2, y2], streamed by :class:`PredictionsWriter`.
-Malformed input raises :class:`~frcnn_trt.errors.DatasetError` naming the file, the record and the detection.
+A malformed record or detection is skipped and reported as ``<file>: record <r> (image <id>), detection <k>:
+<reason>``; a file that cannot be read raises :class:`~frcnn_trt.errors.DatasetError` naming it (policy:
+:mod:`frcnn_trt.evaluation.file_checks`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,16 @@ import numpy as np
 
 from frcnn_trt.errors import DatasetError
 from frcnn_trt.evaluation.detections import DetectionArrays, Detections
-from frcnn_trt.evaluation.file_checks import class_names_tuple, is_number, load_json
+from frcnn_trt.evaluation.file_checks import (
+    BadRecord,
+    SkipLog,
+    box_of,
+    class_names_tuple,
+    image_id_of,
+    load_json,
+    score_of,
+)
+from frcnn_trt.files import short
 from frcnn_trt.io import atomic_open
 
 __all__ = ["PredictionsWriter", "parse_predictions", "prediction_record", "read_predictions"]
@@ -161,84 +171,90 @@ class PredictionsWriter:
                 self.abort()
 
 
-def _check_prediction(
-    det: Any, where: str, names: tuple[str, ...] | None, label_to_id: dict[str, int] | None
-) -> tuple[int, list[Any], float]:
-    """Validate one predictions.json detection (slow path); return class_id, box, score."""
-    if not isinstance(det, dict):
-        raise DatasetError(f"{where}: expected an object, got {det!r}")
+#: the largest class id of a predictions.json read without class names
+MAX_CLASS_ID = (1 << 31) - 1
+
+
+def _class_of(det: dict[str, Any], names: tuple[str, ...] | None, label_to_id: dict[str, int] | None) -> int:
+    """The class id of one detection, from ``class_id`` and/or ``label`` (checked to agree with the names)."""
     cid = det.get("class_id")
     label = det.get("label")
+    if label is not None and not isinstance(label, str):
+        raise BadRecord(f"label must be a string, got {short(label)}")
     if label_to_id is not None and label is not None:
-        if label not in label_to_id or label_to_id[label] == 0:
-            raise DatasetError(f"{where}: unknown class label {label!r}")
+        if label_to_id.get(label, 0) == 0:
+            raise BadRecord(f"unknown class label {short(label)}")
         if cid is None:
             cid = label_to_id[label]
+    max_class = len(names) - 1 if names is not None else MAX_CLASS_ID
     if type(cid) is not int or cid < 1:
-        raise DatasetError(f"{where}: class_id must be an int >= 1, got {cid!r}")
-    if names is not None:
-        if cid >= len(names):
-            raise DatasetError(f"{where}: class_id {cid} outside 1..{len(names) - 1}")
-        if label is not None and label_to_id is not None and label_to_id[label] != cid:
-            raise DatasetError(f"{where}: class_id {cid} ({names[cid]!r}) disagrees with label {label!r}")
-    box = det.get("box")
-    if not (type(box) is list and len(box) == 4 and all(is_number(v) for v in box)):
-        raise DatasetError(f"{where}: box must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
-    score: Any = det.get("score")
-    if not is_number(score):
-        raise DatasetError(f"{where}: score must be a finite number, got {score!r}")
-    return cid, box, float(score)
+        raise BadRecord(f"class_id must be an int >= 1, got {short(cid)}")
+    if cid > max_class:
+        raise BadRecord(f"class_id {short(cid)} outside 1..{max_class}")
+    if names is not None and label is not None and label_to_id is not None and label_to_id[label] != cid:
+        raise BadRecord(f"class_id {cid} ({names[cid]!r}) disagrees with label {short(label)}")
+    return cid
 
 
-def parse_predictions(items: list[Any], path: Path, names: tuple[str, ...] | None) -> Detections:
+def _prediction(det: Any, names: tuple[str, ...] | None, label_to_id: dict[str, int] | None
+                ) -> tuple[int, list[float], float]:
+    """``(class_id, box, score)`` of one predictions.json detection; :class:`BadRecord` if malformed."""
+    if not isinstance(det, dict):
+        raise BadRecord(f"expected an object, got {short(det)}")
+    cid = _class_of(det, names, label_to_id)
+    return cid, box_of(det.get("box")), score_of(det.get("score"))
+
+
+def _record(rec: Any, known: frozenset[str] | None) -> tuple[str, list[Any]]:
+    """``(image_id, detections)`` of one per-image record; :class:`BadRecord` if malformed."""
+    if not isinstance(rec, dict):
+        raise BadRecord(f"expected an object, got {short(rec)}")
+    image_id = image_id_of(rec.get("image_id"), known)
+    det_list = rec.get("detections")
+    if not isinstance(det_list, list):
+        raise BadRecord(f"(image {short(image_id)}) 'detections' must be a list, got {short(det_list)}")
+    return image_id, det_list
+
+
+def parse_predictions(items: list[Any], path: Path, names: tuple[str, ...] | None,
+                      image_ids: Sequence[str] | None = None) -> Detections:
+    """Detections of a parsed predictions.json list; a malformed record or detection is skipped and reported
+    (see :mod:`frcnn_trt.evaluation.file_checks`)."""
     label_to_id = {n: i for i, n in enumerate(names)} if names is not None else None
-    max_class = len(names) - 1 if names is not None else math.inf
+    known = frozenset(image_ids) if image_ids is not None else None
+    skips = SkipLog(path)
     dets = Detections()
     for r, rec in enumerate(items):
-        if not isinstance(rec, dict):
-            raise DatasetError(f"{path}: record {r}: expected an object, got {rec!r}")
-        image_id = rec.get("image_id")
-        if not isinstance(image_id, str) or not image_id:
-            raise DatasetError(f"{path}: record {r}: image_id must be a non-empty string, got {image_id!r}")
-        det_list = rec.get("detections")
-        if not isinstance(det_list, list):
-            raise DatasetError(
-                f"{path}: record {r} (image {image_id!r}): 'detections' must be a list, got {det_list!r}"
-            )
-        boxes: list[Any] = []
+        try:
+            image_id, det_list = _record(rec, known)
+        except BadRecord as e:
+            skips.add(f"{path}: record {r}", str(e), detection=False)
+            continue
+        boxes: list[list[float]] = []
         scores: list[float] = []
         classes: list[int] = []
         for k, det in enumerate(det_list):
-            try:  # fast path for well-formed detections; anything else is re-checked for a precise message
-                cid, box, score, label = det["class_id"], det["box"], det["score"], det.get("label")
-                x1, y1, x2, y2 = box
-                ok = (
-                    type(cid) is int
-                    and 0 < cid <= max_class
-                    and type(box) is list
-                    and is_number(x1)
-                    and is_number(y1)
-                    and is_number(x2)
-                    and is_number(y2)
-                    and is_number(score)
-                    and (label is None or label_to_id is None or label_to_id.get(label) == cid)
-                )
-            except (TypeError, KeyError, ValueError, AttributeError):
-                ok = False
-            if not ok:
-                where = f"{path}: record {r} (image {image_id!r}), detection {k}"
-                cid, box, score = _check_prediction(det, where, names, label_to_id)
+            try:
+                cid, box, score = _prediction(det, names, label_to_id)
+            except BadRecord as e:
+                skips.add(f"{path}: record {r} (image {short(image_id)}), detection {k}", str(e))
+                continue
             boxes.append(box)
             scores.append(score)
             classes.append(cid)
-        dets.add(image_id, np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(scores), np.array(classes))
-    return dets
+        dets.add(image_id, np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(scores, dtype=np.float64),
+                 np.array(classes, dtype=np.int64))
+    return skips.finish(dets)
 
 
-def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> Detections:
-    """Read ``predictions.json``; with ``class_names``, labels and class ids are checked against them."""
+def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str] | None = None, *,
+                     image_ids: Sequence[str] | None = None) -> Detections:
+    """Read ``predictions.json``; with ``class_names``, labels and class ids are checked against them, with
+    ``image_ids`` records of other images are skipped. A malformed record or detection is skipped and reported;
+    a file that cannot be read, or holds records but no valid one, raises :class:`DatasetError`."""
     p = Path(path)
     data = load_json(p)
     if not isinstance(data, list):
         raise DatasetError(f"{p}: predictions.json is a JSON list of records, got {type(data).__name__}")
-    return parse_predictions(data, p, class_names_tuple(class_names) if class_names is not None else None)
+    return parse_predictions(data, p, class_names_tuple(class_names) if class_names is not None else None,
+                             image_ids)

@@ -17,18 +17,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
 from frcnn_trt import __version__
-from frcnn_trt.config import from_dict
-from frcnn_trt.errors import CheckpointError
-from frcnn_trt.io import atomic_open, atomic_write_bytes, atomic_write_json
+from frcnn_trt.config import NETS, from_dict
+from frcnn_trt.errors import CheckpointError, ConfigError
+from frcnn_trt.files import is_finite_number, load_json, short
+from frcnn_trt.io import atomic_open, atomic_write_bytes, atomic_write_json, canonical_safetensors
 from frcnn_trt.model.faster_rcnn import FasterRCNN
+from frcnn_trt.model.tensor_files import check_finite, check_safetensors
 
 FORMAT = "frcnn-trt-checkpoint"
 FORMAT_VERSION = 1
+#: sidecar format versions this code reads
+SUPPORTED_VERSIONS = (1,)
+#: the largest sidecar read (config + class names + means/stds: a few kB in practice)
+MAX_SIDECAR_BYTES = 16 << 20
+#: the most classes (background included) and the longest class name accepted
+MAX_CLASSES = 100_000
+MAX_NAME_CHARS = 1024
 
 
 @dataclass
@@ -60,8 +68,9 @@ def _sidecar(path: Path) -> Path:
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` atomically; the same tensors give the same bytes in any process (canonical header)."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(clean, metadata=metadata))
+    atomic_write_bytes(path, canonical_safetensors(save(clean, metadata=metadata)))
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, info: CheckpointInfo) -> Path:
@@ -83,39 +92,83 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: CheckpointInfo) ->
     return path
 
 
+def _field(data: dict[str, Any], key: str, side: Path, kind: type | tuple[type, ...]) -> Any:
+    if key not in data:
+        raise CheckpointError(f"checkpoint sidecar {side} lacks field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise CheckpointError(f"checkpoint sidecar {side}: field {key!r} has the wrong type ({short(value)})")
+    return value
+
+
+def _class_names(data: dict[str, Any], side: Path) -> list[str]:
+    names = _field(data, "class_names", side, list)
+    if not 2 <= len(names) <= MAX_CLASSES:
+        raise CheckpointError(f"checkpoint sidecar {side}: class_names must list 2 to {MAX_CLASSES} names "
+                              f"(background first), got {len(names)}")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or "\x00" in name:
+            raise CheckpointError(f"checkpoint sidecar {side}: class_names[{i}] must be a non-empty name of at most "
+                                  f"{MAX_NAME_CHARS} characters, got {short(name)}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"checkpoint sidecar {side}: class name {short(dup)} appears twice")
+    return list(names)
+
+
+def _floats(data: dict[str, Any], key: str, side: Path, count: int) -> list[float]:
+    values = data.get(key, [])
+    if not isinstance(values, list) or len(values) not in (0, count) or not all(
+            is_finite_number(v) for v in values):
+        raise CheckpointError(f"checkpoint sidecar {side}: {key} must be {count} finite numbers (4 per class), got "
+                              f"{short(values)}")
+    return [float(v) for v in values]
+
+
 def read_info(path: str | Path) -> CheckpointInfo:
-    """Read a checkpoint's sidecar, with a clear error if it is missing or malformed."""
+    """Read and check a checkpoint's sidecar; CheckpointError naming the file and the field otherwise."""
     path = Path(path).with_suffix(".safetensors")
     side = _sidecar(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no sidecar {side.name} (class names, net, config)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint sidecar {side} is unreadable or not JSON: {exc}") from None
+    if not side.exists():
+        raise CheckpointError(f"checkpoint {path} has no sidecar {side.name} (class names, net, config)")
+    data = load_json(side, "checkpoint sidecar", MAX_SIDECAR_BYTES, error=CheckpointError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{side} is not a frcnn-trt checkpoint sidecar (format={data.get('format')!r})"
-                              if isinstance(data, dict) else f"{side} is not a frcnn-trt checkpoint sidecar")
-    try:
-        return CheckpointInfo(net=str(data["net"]), class_names=list(data["class_names"]),
-                              stage=str(data["stage"]), iteration=int(data["iteration"]),
-                              config=dict(data["config"]), bbox_means=list(data.get("bbox_means", [])),
-                              bbox_stds=list(data.get("bbox_stds", [])), extra=dict(data.get("extra", {})))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint sidecar {side} lacks or mangles field {exc}") from None
+        got = short(data.get("format")) if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{side} is not a frcnn-trt checkpoint sidecar (format={got})")
+    version = _field(data, "format_version", side, int)
+    if version not in SUPPORTED_VERSIONS:
+        raise CheckpointError(f"checkpoint sidecar {side} has format_version {short(version)}; this frcnn-trt "
+                              f"reads {', '.join(map(str, SUPPORTED_VERSIONS))}")
+    net = _field(data, "net", side, str)
+    if net.lower() not in {n.lower() for n in NETS}:
+        raise CheckpointError(f"checkpoint sidecar {side}: unknown network {short(net)} (known: {', '.join(NETS)})")
+    names = _class_names(data, side)
+    iteration = _field(data, "iteration", side, int)
+    if not 0 <= iteration < 1 << 62:
+        raise CheckpointError(f"checkpoint sidecar {side}: iteration must be >= 0, got {short(iteration)}")
+    extra = data.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"checkpoint sidecar {side}: extra must be an object, got {short(extra)}")
+    return CheckpointInfo(net=net, class_names=names, stage=_field(data, "stage", side, str), iteration=iteration,
+                          config=_field(data, "config", side, dict),
+                          bbox_means=_floats(data, "bbox_means", side, 4 * len(names)),
+                          bbox_stds=_floats(data, "bbox_stds", side, 4 * len(names)), extra=extra)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, turning a corrupt or truncated file into a CheckpointError."""
+    """Load a safetensors file: header checked first, NaN/inf weights refused; CheckpointError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    check_safetensors(path, "checkpoint")
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        tensors = load_file(str(path))
+    except Exception as exc:  # the library's parser on a file that passed our checks: still the file's fault
         raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file: {exc}") from None
+    check_finite(tensors, path)
+    return tensors
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path, *,
@@ -145,10 +198,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     info = read_info(path)
     try:
         cfg = from_dict(info.config)
-    except Exception as exc:  # ConfigError and friends: the sidecar was edited or is from elsewhere
+    except ConfigError as exc:  # the sidecar was edited or is from elsewhere
         raise CheckpointError(f"checkpoint sidecar {_sidecar(path)} holds an invalid config: {exc}") from None
+    if cfg.MODEL.NET.lower() != info.net.lower():
+        raise CheckpointError(f"checkpoint sidecar {_sidecar(path)}: net {info.net!r} but its config says "
+                              f"MODEL.NET {cfg.MODEL.NET!r}")
+    tensors = load_tensors(path)
+    cls = tensors.get("predictor.cls_score.weight")
+    if cls is not None and cls.dim() >= 1 and cls.shape[0] != info.num_classes:
+        raise CheckpointError(f"checkpoint {path}: its sidecar lists {info.num_classes} class names but the "
+                              f"classifier has {cls.shape[0]} outputs")
     model = FasterRCNN.from_config(cfg, info.num_classes)
-    load_state_into(model, load_tensors(path), path)
+    load_state_into(model, tensors, path)
     return model.to(device).eval(), info
 
 
@@ -172,10 +233,9 @@ def load_solver_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
                                                   dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     tensors = load_tensors(path)
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"solver state {path}: sidecar unreadable: {exc}") from None
+    meta = load_json(path.with_suffix(".json"), "solver state sidecar", MAX_SIDECAR_BYTES, error=CheckpointError)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"solver state {path}: its sidecar is not a JSON object")
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     momentum = {k[9:]: v for k, v in tensors.items() if k.startswith("momentum/")}
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng/")}

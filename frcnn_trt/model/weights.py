@@ -34,13 +34,13 @@ from pathlib import Path
 from pickle import UnpicklingError  # the exception type only: files load with weights_only=True
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
 
 from frcnn_trt.errors import CheckpointError
-from frcnn_trt.io import atomic_write_bytes
+from frcnn_trt.io import atomic_write_bytes, canonical_safetensors
 from frcnn_trt.model.backbones import Backbone
+from frcnn_trt.model.tensor_files import check_finite, check_safetensors, check_torch_file
 
 __all__ = [
     "DEFAULT_PIXEL_MEANS",
@@ -97,13 +97,23 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if path.suffix not in _SUFFIXES:
         raise CheckpointError(f"{path}: unsupported weights file type {path.suffix!r} (use {', '.join(_SUFFIXES)})")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: weights file does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot read safetensors file: {exc}") from exc
+    tensors = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+    check_finite(tensors, path)
+    return tensors
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    check_safetensors(path, "weights file")
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:  # the library's parser on a file that passed our header checks
+        raise CheckpointError(f"{path}: cannot read safetensors file: {exc}") from exc
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+    check_torch_file(path, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except UnpicklingError as exc:
@@ -112,8 +122,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             "frcnn-trt never unpickles arbitrary objects (torch.load weights_only=True) — convert the file "
             "to .safetensors where you trust it"
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read torch file: {exc}") from exc
+    except Exception as exc:  # torch's readers fail on damaged files with KeyError, IndexError, EOFError, ...
+        raise CheckpointError(f"{path}: cannot read torch file: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
@@ -139,17 +149,16 @@ def _unpickler_detail(exc: Exception) -> str:
 def save_weights(backbone: Backbone, path: str | Path) -> None:
     """Write ``backbone``'s state dict as safetensors (atomically), the network name in the file's metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata={"network": backbone.name, "layout": "frcnn"}))
+    data = save(tensors, metadata={"network": backbone.name, "layout": "frcnn"})
+    atomic_write_bytes(path, canonical_safetensors(data))  # the same weights, the same bytes (io doc)
 
 
 def _safetensors_network(path: Path) -> str | None:
     if path.suffix != ".safetensors":
         return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("network")
-    except Exception:  # unreadable here means unreadable in read_state_dict too, which reports it
-        return None
+    header = check_safetensors(path, "weights file")  # a bad file is reported here, naming it
+    network = header.get("__metadata__", {}).get("network")
+    return network if isinstance(network, str) else None
 
 
 # ------------------------------------------------------------------------------------------ key mapping

@@ -22,8 +22,8 @@ roidb entry is built from them): one that cannot be read stops the run, naming i
 from __future__ import annotations
 
 import io
-import json
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +38,16 @@ from frcnn_trt.engines.detector import Detector
 from frcnn_trt.engines.runner import Runner, RunResult, rank_zero_first
 from frcnn_trt.errors import DatasetError, FrcnnError, ImageError
 from frcnn_trt.export.onnx_export import run_export
-from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from frcnn_trt.files import load_json, read_bytes, short
+from frcnn_trt.io import atomic_write_bytes, atomic_write_json, npz_bytes, sha256_bytes, sha256_file
 from frcnn_trt.log import console, get_logger
 
 logger = get_logger("rpn_generate")
 
 FORMAT = "frcnn-trt-proposals"
+#: the largest proposals sidecar / npz read (2000 proposals × 20 bytes per image: 4 GiB is 100,000 images)
+MAX_SIDECAR_BYTES = 256 << 20
+MAX_PROPOSALS_BYTES = 4 << 30
 
 
 @dataclass
@@ -60,38 +64,69 @@ class Proposals:
 
 
 def save_proposals(path: str | Path, proposals: Proposals) -> Path:
+    """Write the proposals file and its sidecar atomically; the same proposals give the same bytes (io.npz_bytes)."""
     path = Path(path).with_suffix(".npz")
     ids = proposals.image_ids
     boxes = [np.asarray(proposals.boxes[i], np.float32).reshape(-1, 4) for i in ids]
     scores = [np.asarray(proposals.scores[i], np.float32).reshape(-1) for i in ids]
-    buf = io.BytesIO()
-    np.savez(buf, boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
-             scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
-             counts=np.array([len(b) for b in boxes], np.int64))
-    data = buf.getvalue()
+    data = npz_bytes({"boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+                      "scores": np.concatenate(scores) if scores else np.zeros(0, np.float32),
+                      "counts": np.array([len(b) for b in boxes], np.int64)})
     atomic_write_bytes(path, data)
     atomic_write_json(path.with_suffix(".json"), {"format": FORMAT, "image_ids": ids, "npz_sha256": sha256_bytes(data),
                                                   **proposals.meta})
     return path
 
 
-def load_proposals(path: str | Path) -> Proposals:
-    path = Path(path).with_suffix(".npz")
-    side = path.with_suffix(".json")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"proposals sidecar {side} is missing or unreadable: {exc}") from None
+def _read_sidecar(side: Path) -> tuple[list[str], str, dict[str, Any]]:
+    """``(image ids, npz SHA-256, the other fields)`` of a proposals sidecar, checked; DatasetError otherwise."""
+    meta = load_json(side, "proposals sidecar", MAX_SIDECAR_BYTES)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DatasetError(f"{side} is not a frcnn-trt proposals file")
+    ids, digest = meta.pop("image_ids", None), meta.pop("npz_sha256", None)
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i and "\x00" not in i for i in ids):
+        raise DatasetError(f"proposals sidecar {side}: image_ids must be a list of non-empty strings")
+    if len(set(ids)) != len(ids):
+        raise DatasetError(f"proposals sidecar {side}: image_ids lists an image twice")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise DatasetError(f"proposals sidecar {side}: npz_sha256 must be a SHA-256 hex digest, got {short(digest)}")
+    for key in ("model_sha256", "model", "imdb", "backend"):
+        if key in meta and not isinstance(meta[key], str):
+            raise DatasetError(f"proposals sidecar {side}: {key} must be a string, got {short(meta[key])}")
+    if not isinstance(meta.get("settings", {}), dict) or not isinstance(meta.get("stats", {}), dict):
+        raise DatasetError(f"proposals sidecar {side}: settings and stats must be objects")
+    return ids, digest, meta
+
+
+def _arrays(path: Path, digest: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``boxes [P, 4]``, ``scores [P]``, ``counts [N]`` of the npz, checked against its SHA-256, dtypes, shapes."""
+    data = read_bytes(path, "proposals file", MAX_PROPOSALS_BYTES)
+    if sha256_bytes(data) != digest:
+        raise DatasetError(f"proposals file {path} does not match its sidecar's SHA-256 (corrupt or replaced)")
     try:
-        if sha256_file(path) != meta.get("npz_sha256"):
-            raise DatasetError(f"proposals file {path} does not match its sidecar's SHA-256 (corrupt or replaced)")
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             boxes, scores, counts = z["boxes"], z["scores"], z["counts"]
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"proposals file {path} is unreadable: {exc}") from None
-    ids = list(meta.pop("image_ids"))
+    if boxes.dtype.kind != "f" or boxes.ndim != 2 or boxes.shape[1] not in (4, 5):
+        raise DatasetError(f"proposals file {path}: boxes must be float [P, 4] (or [P, 5]), got {boxes.dtype} "
+                           f"{list(boxes.shape)}")
+    if scores.dtype.kind != "f" or scores.shape != (len(boxes),):
+        raise DatasetError(f"proposals file {path}: scores must be float [{len(boxes)}], got {scores.dtype} "
+                           f"{list(scores.shape)}")
+    if counts.dtype.kind not in "iu" or counts.ndim != 1 or (counts < 0).any():
+        raise DatasetError(f"proposals file {path}: counts must be non-negative integers [N]")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise DatasetError(f"proposals file {path}: boxes or scores hold NaN or inf values")
+    return boxes[:, -4:].astype(np.float32), scores.astype(np.float32), counts.astype(np.int64)
+
+
+def load_proposals(path: str | Path) -> Proposals:
+    """Read and check a proposals file (sidecar fields, SHA-256, dtypes, shapes, finite values, one count per image
+    id); DatasetError naming the file otherwise."""
+    path = Path(path).with_suffix(".npz")
+    ids, digest, meta = _read_sidecar(path.with_suffix(".json"))
+    boxes, scores, counts = _arrays(path, digest)
     if len(ids) != len(counts) or int(counts.sum()) != len(boxes):
         raise DatasetError(f"proposals file {path}: {len(ids)} image ids but {len(counts)} counts / {len(boxes)} boxes")
     ends = np.cumsum(counts)

@@ -166,3 +166,29 @@ def test_preprocess_images_on_cuda_matches_cpu() -> None:
     assert blob_gpu.device.type == "cuda" and info_gpu.device.type == "cuda"
     torch.testing.assert_close(info_gpu.cpu(), info_cpu, rtol=0, atol=0)
     torch.testing.assert_close(blob_gpu.cpu(), blob_cpu, rtol=0, atol=1e-4)
+
+
+def test_scale_one_skips_the_resize_bit_identically(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At s = 1 the resize is skipped; its output would be the same bits (identity taps)."""
+    rng = np.random.default_rng(4)
+    im = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    assert compute_scale(24, 40, 24, 40) == 1.0
+    centred = (torch.from_numpy(im).to(torch.float64) - torch.tensor(MEANS, dtype=torch.float64)).float()
+    general = resize_hwc(centred, 1.0, out_hw=(24, 40))  # the gathers and multiply-adds
+    fast = resize_hwc(centred, 1.0)
+    assert fast.data_ptr() != centred.data_ptr()  # still a new tensor
+    assert torch.equal(general.view(torch.int32), fast.view(torch.int32))  # bit for bit
+    prep, s = prep_im_for_blob(im, MEANS, 24, 40)
+    assert s == 1.0 and np.array_equal(prep.view(np.int32), general.numpy().view(np.int32))
+    blob_before, _ = preprocess_images([im], MEANS, 24, 40)
+
+    def no_resize(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("resize_hwc called at scale 1")
+
+    monkeypatch.setattr("frcnn_trt.data.blob.resize_hwc", no_resize)
+    blob, im_info = preprocess_images([im], MEANS, 24, 40)
+    assert torch.equal(blob.view(torch.int32), blob_before.view(torch.int32))
+    assert torch.equal(blob[0].view(torch.int32), general.permute(2, 0, 1).contiguous().view(torch.int32))
+    assert im_info.tolist() == [[24.0, 40.0, 1.0]]
+    with pytest.raises(AssertionError, match="scale 1"):  # any other scale still resizes
+        preprocess_images([im], MEANS, 25, 42)

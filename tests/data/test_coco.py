@@ -100,7 +100,7 @@ def test_dataset_level_errors(tmp_path, image_writer, coco_writer) -> None:
     (tmp_path / "images").mkdir()
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [')
-    with pytest.raises(DatasetError, match=r"bad\.json: malformed JSON"):
+    with pytest.raises(DatasetError, match=r"bad\.json: COCO annotation file is not valid JSON"):
         CocoImdb(bad, tmp_path / "images")
     with pytest.raises(DatasetError, match="not found"):
         CocoImdb(tmp_path / "none.json", tmp_path / "images")

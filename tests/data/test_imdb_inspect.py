@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 from rich.console import Console
+from typer.testing import CliRunner
 
+from frcnn_trt.cli import app
 from frcnn_trt.data.inspect import inspect_imdb, print_report
 from frcnn_trt.data.voc import VocFolder
 
@@ -52,3 +54,29 @@ def test_rows_can_be_added_and_rendered(voc_builder) -> None:
     data = json.loads(json.dumps(report.to_dict()))
     assert data["sections"]["roidb"] == [["flipped copies", "3"], ["filtered (no fg/bg RoIs)", "1"]]
     assert len(data["issues"]) == 4
+
+
+def test_data_inspect_prints_what_was_skipped_and_why(voc_builder, tmp_path) -> None:
+    """The CLI lists every dropped record as ``skipped: <file>: <reason>`` (the lines training logs), roidb
+    entries filter_roidb removed included, and writes them to --json."""
+    _folder(voc_builder)
+    voc_builder.classes(["car", "bus", "tram"])
+    out = tmp_path / "report.json"
+    res = CliRunner().invoke(app, ["data", "inspect", f"voc:{voc_builder.root}", "--json", str(out)],
+                             terminal_width=400)
+    assert res.exit_code == 0, res.output
+    skipped = json.loads(out.read_text())["skipped"]
+    assert any(line.startswith("skipped: ") and "broken.xml: malformed or truncated XML" in line for line in skipped)
+    assert any("unknown class 'unicorn'" in line for line in skipped)
+    assert "skipped: image 'empty': no ground-truth boxes" in " ".join(skipped)
+    assert "skipped (" in res.output and "broken.xml" in res.output
+
+
+def test_data_inspect_reports_a_dataset_with_nothing_to_train_on(voc_builder, tmp_path) -> None:
+    voc_builder.add("empty", [])
+    voc_builder.add("broken", xml="<annotation>")
+    voc_builder.split("trainval", ["empty", "broken"])
+    voc_builder.classes(["car"])
+    res = CliRunner().invoke(app, ["data", "inspect", f"voc:{voc_builder.root}"], terminal_width=400)
+    assert res.exit_code == 0, res.output
+    assert "no usable training images" in res.output and "broken.xml" in res.output

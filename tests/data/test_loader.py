@@ -12,6 +12,7 @@ from PIL import Image
 
 from frcnn_trt.data.blob import prep_im_for_blob
 from frcnn_trt.data.imdb import ImageAnnotation
+from frcnn_trt.data.load_failures import FailureBoard
 from frcnn_trt.data.loader import AspectGroupedBatchSampler, Batch, RoidbDataset, make_train_loader
 from frcnn_trt.data.roidb_chain import (
     RoidbEntry,
@@ -238,9 +239,51 @@ def test_same_batches_with_zero_and_two_workers_and_resume(tmp_path: Path) -> No
     torch.testing.assert_close(resumed[1].images, b0[5].images, rtol=0, atol=0)
 
 
-def test_image_size_mismatch_is_reported(tmp_path: Path) -> None:
+def test_image_size_mismatch_is_skipped_and_reported(tmp_path: Path) -> None:
     rd, _ = _roidb(tmp_path, proposals=False)
     rd[0].width = 41
     ds = RoidbDataset(rd, scales=(60,), max_size=100, pixel_means=MEANS)
-    with pytest.raises(DatasetError, match=r"'h'.*40x30.*41x30"):
-        ds[0]
+    sample = ds[0]  # the image changed after the check: skipped, the next entry takes its place
+    assert sample.index == 1 and len(sample.skipped) == 1
+    file, reason = sample.skipped[0]
+    assert file == str(rd[0].image) and "40x30" in reason and "41x30" in reason
+    assert ds.failures.count() == 1
+
+
+def _loader_kw() -> dict[str, Any]:
+    return {"ims_per_batch": 1, "scales": (60,), "max_size": 100, "pixel_means": MEANS, "seed": 7, "max_iters": 8}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_deleted_mid_training_is_skipped_and_reported(
+    tmp_path: Path, workers: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    rd, _ = _roidb(tmp_path, proposals=False)
+    expected = list(make_train_loader(rd, **_loader_kw()))
+    (tmp_path / "h.png").unlink()  # after the roidb (and its image check) was built
+    with caplog.at_level("WARNING"):
+        batches = list(make_train_loader(rd, num_workers=workers, **_loader_kw()))
+    assert len(batches) == len(expected)  # every iteration still gets its batch
+    reasons: list[str] = []
+    for got, want in zip(batches, expected, strict=True):
+        assert got.image_ids == ["v"]
+        if want.image_ids == ["v"]:
+            assert got.indices == want.indices and not got.skipped
+            torch.testing.assert_close(got.images, want.images, rtol=0, atol=0)
+        else:
+            assert got.skipped is not None and got.skipped[0][0] == str(tmp_path / "h.png")
+            reasons.append(got.skipped[0][1])
+    assert reasons and any("not found" in r for r in reasons)  # which batch saw it first depends on the workers
+    assert all("not found" in r or r == "failed to load earlier in this run" for r in reasons)
+    if workers == 0:  # (workers log in their own processes)
+        assert f"skipped: {tmp_path / 'h.png'}" in caplog.text
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_too_many_failures_stop_the_run_with_a_clean_dataset_error(tmp_path: Path, workers: int) -> None:
+    rd, _ = _roidb(tmp_path, proposals=False)
+    (tmp_path / "h.png").write_bytes(b"gone bad")
+    with pytest.raises(DatasetError, match=r"1 of 2 training images failed .* more than the cap of 0") as info:
+        list(make_train_loader(rd, num_workers=workers, max_failures=0, **_loader_kw()))
+    assert "Traceback" not in str(info.value) and "h.png" in str(info.value)
+    assert FailureBoard(["a", "a", "b"]).cap == 10 and FailureBoard([str(i) for i in range(5000)]).cap == 50

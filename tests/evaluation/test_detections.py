@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,17 +110,40 @@ def test_voc_results_glob_single_file_and_class_names_with_underscores(tmp_path:
 
 
 @pytest.mark.parametrize(
-    ("content", "pattern"),
+    ("line", "reason"),
     [
-        ("000001 0.9 1 1 10\n", r"comp4_det_test_cat\.txt:1: expected 6 fields"),
-        ("000001 0.9 1 1 10 10\n000002 0.9 1 x 10 10\n", r"comp4_det_test_cat\.txt:2: 'x' is not a number"),
-        ("000001 nan 1 1 10 10\n", r"comp4_det_test_cat\.txt:1: non-finite"),
+        ("000002 0.9 1 1 10", "expected 6 fields"),
+        ("000002 0.9 1 x 10 10", "'x' is not a number"),
+        ("000002 nan 1 1 10 10", "score: expected a finite number, got nan"),
+        ("000002 0.9 1 1 inf 10", "box values must be finite"),
+        ("000002 0.9 10 10 5 20", "inverted box"),
+        ("0000\x002 0.9 1 1 10 10", "holds control characters"),
     ],
 )
-def test_voc_results_bad_lines(tmp_path: Path, content: str, pattern: str) -> None:
-    (tmp_path / "comp4_det_test_cat.txt").write_text(content)
-    with pytest.raises(DatasetError, match=pattern):
+def test_voc_results_bad_line_is_skipped_and_reported(tmp_path: Path, line: str, reason: str) -> None:
+    (tmp_path / "comp4_det_test_cat.txt").write_text(f"000001 0.9 1 1 10 10\n{line}\n000003 0.5 2 2 4 4\n")
+    back = read_voc_results(tmp_path, CLASS_NAMES)
+    assert back.image_ids == ("000001", "000003")  # the good lines on both sides survive
+    assert back.num_skipped == 1
+    assert re.search(rf"comp4_det_test_cat\.txt:2: (image_id .* )?{re.escape(reason)}.*, skipped$", back.problems[0])
+    # Only bad lines: refused, naming the file, the line and the reason.
+    (tmp_path / "comp4_det_test_cat.txt").write_text(line + "\n")
+    with pytest.raises(DatasetError, match=r"no valid detection .*comp4_det_test_cat\.txt:1: "):
         read_voc_results(tmp_path, CLASS_NAMES)
+
+
+def test_voc_results_undecodable_line_and_bom(tmp_path: Path) -> None:
+    (tmp_path / "comp4_det_test_cat.txt").write_bytes(
+        b"\xef\xbb\xbf000001 0.9 1 1 10 10\n00\xff\xfe02 0.9 1 1 10 10\n000003 0.5 2 2 4 4\n")
+    back = read_voc_results(tmp_path, CLASS_NAMES)
+    assert back.image_ids == ("000001", "000003")  # BOM gone, undecodable line 2 skipped
+    assert back.problems == [f"{tmp_path / 'comp4_det_test_cat.txt'}:2: not UTF-8 text, line skipped"]
+
+
+def test_voc_results_image_ids_filter(tmp_path: Path) -> None:
+    (tmp_path / "comp4_det_test_cat.txt").write_text("000001 0.9 1 1 10 10\nother 0.9 1 1 10 10\n")
+    back = read_voc_results(tmp_path, CLASS_NAMES, image_ids=["000001"])
+    assert back.image_ids == ("000001",) and "not in the evaluated image set" in back.problems[0]
 
 
 def test_voc_results_unknown_class_and_duplicates(tmp_path: Path) -> None:
@@ -187,7 +211,12 @@ def test_coco_results_string_ids_and_other_tools(tmp_path: Path) -> None:
     [
         ({"image_id": 1, "category_id": 0, "bbox": [0, 0, 1, 1], "score": 1}, "category_id 0 is not a class"),
         ({"image_id": 1, "category_id": 9, "bbox": [0, 0, 1, 1], "score": 1}, "category_id 9"),
-        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 1}, "bbox must be 4"),
+        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 1}, "box must be a list of 4"),
+        ({"image_id": 1, "category_id": [1], "bbox": [0, 0, 1, 1], "score": 1}, "category_id .1. is not"),
+        ({"image_id": {"a": 1}, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}, "image_id must be an int"),
+        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 1], "score": 1}, "inverted box"),
+        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": [1]}, "score: expected a number"),
+        ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 10**400}, "score: .* out of range"),
         ({"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}, r"missing key\(s\) \['score'\]"),
         ({"image_id": 1.5, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}, "image_id must be"),
     ],
@@ -195,16 +224,21 @@ def test_coco_results_string_ids_and_other_tools(tmp_path: Path) -> None:
 def test_coco_results_malformed(tmp_path: Path, item: dict, pattern: str) -> None:
     path = tmp_path / "bad_results.json"
     path.write_text(json.dumps([item]))
-    with pytest.raises(DatasetError, match=rf"bad_results\.json: result 0: {pattern}"):
+    with pytest.raises(DatasetError, match=rf"no valid detection .*bad_results\.json: result 0: {pattern}"):
         read_coco_results(path, CLASS_NAMES)
+    good = {"image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}
+    path.write_text(json.dumps([good, item, good]))
+    back = read_coco_results(path, CLASS_NAMES)  # the bad result skipped, the good ones beside it kept
+    assert len(back["2"]) == 2 and back.num_skipped == 1
+    assert re.search(rf"bad_results\.json: result 1: {pattern}", back.problems[0])
 
 
 def test_bad_json_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('[\n{"image_id": 1,\n oops}\n]')
-    with pytest.raises(DatasetError, match=r"broken\.json: invalid JSON at line 3"):
+    with pytest.raises(DatasetError, match=r"broken\.json: detections file is not valid JSON \(line 3"):
         load_detections(path, CLASS_NAMES)
-    with pytest.raises(DatasetError, match=r"broken\.json: invalid JSON"):
+    with pytest.raises(DatasetError, match=r"broken\.json: detections file is not valid JSON"):
         read_predictions(path)
 
 
@@ -276,16 +310,43 @@ def test_predictions_writer_empty(tmp_path: Path) -> None:
     [
         ({"class_id": 1, "label": "zebra", "score": 0.5, "box": [0, 0, 1, 1]}, "unknown class label 'zebra'"),
         ({"class_id": 2, "label": "cat", "score": 0.5, "box": [0, 0, 1, 1]}, "class_id 2 .'dog'. disagrees"),
-        ({"class_id": 1, "label": "cat", "score": "high", "box": [0, 0, 1, 1]}, "score must be"),
-        ({"class_id": 1, "label": "cat", "score": 0.5, "box": [0, 0, 1]}, "box must be 4"),
+        ({"class_id": 1, "label": "cat", "score": "high", "box": [0, 0, 1, 1]}, "score: expected a number"),
+        ({"class_id": 1, "label": "cat", "score": 0.5, "box": [0, 0, 1]}, "box must be a list of 4"),
         ({"class_id": 0, "score": 0.5, "box": [0, 0, 1, 1]}, "class_id must be an int >= 1"),
+        ({"class_id": 1, "label": ["cat"], "score": 0.5, "box": [0, 0, 1, 1]}, "label must be a string"),
+        ({"class_id": {"x": 1}, "score": 0.5, "box": [0, 0, 1, 1]}, "class_id must be an int"),
+        ({"class_id": 1, "score": 0.5, "box": [0, 0, 1, 1e300]}, "box values must be finite numbers within"),
+        ({"class_id": 1, "score": True, "box": [0, 0, 1, 1]}, "score: expected a number"),
     ],
 )
 def test_predictions_malformed(tmp_path: Path, det: dict, pattern: str) -> None:
     path = tmp_path / "preds.json"
-    path.write_text(json.dumps([{"image_id": "a", "detections": []}, {"image_id": "b", "detections": [det]}]))
-    with pytest.raises(DatasetError, match=rf"preds\.json: record 1 \(image 'b'\), detection 0: {pattern}"):
+    good = {"class_id": 1, "score": 0.5, "box": [0, 0, 1, 1]}
+    path.write_text(json.dumps([{"image_id": "a", "detections": []}, {"image_id": "b", "detections": [good, det]}]))
+    back = read_predictions(path, CLASS_NAMES)
+    assert len(back["b"]) == 1 and back.num_skipped == 1  # the good detection beside the bad one survives
+    assert re.search(rf"preds\.json: record 1 \(image 'b'\), detection 1: {pattern}", back.problems[0])
+    path.write_text(json.dumps([{"image_id": "b", "detections": [det]}]))
+    with pytest.raises(DatasetError, match=rf"no valid detection .*preds\.json: record 0 .*: {pattern}"):
         read_predictions(path, CLASS_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("record", "pattern"),
+    [
+        ("oops", "expected an object"),
+        ({"image_id": ["a"], "detections": []}, "image_id must be a string"),
+        ({"image_id": "x\u0000y", "detections": []}, "control characters"),
+        ({"image_id": "x" * 5000, "detections": []}, "longer than 1024"),
+        ({"image_id": "c", "detections": {"class_id": 1}}, "'detections' must be a list"),
+    ],
+)
+def test_predictions_bad_record_is_skipped(tmp_path: Path, record: object, pattern: str) -> None:
+    path = tmp_path / "preds.json"
+    path.write_text(json.dumps([{"image_id": "a", "detections": []}, record]))
+    back = read_predictions(path, CLASS_NAMES)
+    assert back.image_ids == ("a",) and back.num_skipped == 1
+    assert re.search(rf"preds\.json: record 1: .*{pattern}", back.problems[0])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -309,10 +370,72 @@ def test_load_detections_detects_each_format(tmp_path: Path) -> None:
 
 def test_load_detections_rejects_unknown_json(tmp_path: Path) -> None:
     (tmp_path / "what.json").write_text(json.dumps([{"foo": 1}]))
-    with pytest.raises(DatasetError, match=r"what\.json: item 0 is neither"):
+    with pytest.raises(DatasetError, match=r"what\.json: no item is a predictions\.json record"):
         load_detections(tmp_path / "what.json", CLASS_NAMES)
     (tmp_path / "dict.json").write_text(json.dumps({"annotations": []}))
     with pytest.raises(DatasetError, match=r"dict\.json: expected a JSON list"):
         load_detections(tmp_path / "dict.json", CLASS_NAMES)
     with pytest.raises(DatasetError, match=r"nope\.json: no such"):
         load_detections(tmp_path / "nope.json", CLASS_NAMES)
+
+
+def test_json_nan_literals_skip_their_record_only(tmp_path: Path) -> None:
+    """Python's json writes NaN/Infinity: the record holding one is skipped, the file is read."""
+    path = tmp_path / "r.json"
+    path.write_text('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": NaN},'
+                    ' {"image_id": 1, "category_id": 1, "bbox": [0, 0, Infinity, 1], "score": 0.5},'
+                    ' {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.25}]')
+    back = load_detections(path, CLASS_NAMES)
+    np.testing.assert_array_equal(back["1"].scores, [0.25])
+    assert back.num_skipped == 2 and "result 0: score: expected a finite number, got nan" in back.problems[0]
+
+
+def test_special_files_and_limits_are_refused_by_name(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(DatasetError, match=r"fifo\.json: detections file must be a regular file, this is a FIFO"):
+        load_detections(tmp_path / "fifo.json", CLASS_NAMES)
+    os.mkfifo(tmp_path / "comp4_det_test_cat.txt")
+    with pytest.raises(DatasetError, match=r"comp4_det_test_cat\.txt: results file must be a regular file"):
+        load_detections(tmp_path, CLASS_NAMES)
+    with pytest.raises(DatasetError, match="NUL byte"):
+        load_detections("a\x00b.json", CLASS_NAMES)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 10000 + "]" * 10000)
+    with pytest.raises(DatasetError, match=r"deep\.json: detections file nests deeper"):
+        load_detections(deep, CLASS_NAMES)
+    huge = tmp_path / "huge.json"
+    huge.write_text('[{"image_id": ' + "9" * 5000 + ', "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]')
+    with pytest.raises(DatasetError, match=r"huge\.json: detections file: "):
+        load_detections(huge, CLASS_NAMES)
+    big_int = tmp_path / "bigint.json"
+    big_int.write_text('[{"image_id": ' + "9" * 300 + ', "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1},'
+                       ' {"image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]')
+    back = load_detections(big_int, CLASS_NAMES)
+    assert back.image_ids == ("7",) and "out of range" in back.problems[0]
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"image_id": "a", "detections": []}]).encode())
+    assert load_detections(bom, CLASS_NAMES).image_ids == ("a",)
+    utf16 = tmp_path / "utf16.json"
+    utf16.write_bytes(b"\xff\xfe" + json.dumps([{"image_id": "a", "detections": []}]).encode("utf-16-le"))
+    assert load_detections(utf16, CLASS_NAMES).image_ids == ("a",)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'[{"image_id": "\xff", "detections": []}]')
+    with pytest.raises(DatasetError, match=r"bad\.json: detections file is not valid UTF-8 text \(line 1"):
+        load_detections(bad, CLASS_NAMES)
+
+
+def test_image_ids_filter_applies_to_every_format(tmp_path: Path) -> None:
+    d = Detections()
+    d.add("000001", np.array([[0, 0, 9, 9]]), np.array([0.5]), np.array([1]))
+    d.add("other", np.array([[0, 0, 9, 9]]), np.array([0.5]), np.array([1]))
+    write_voc_results(d, tmp_path / "voc", CLASS_NAMES)
+    write_coco_results(d, tmp_path / "coco.json")
+    with PredictionsWriter(tmp_path / "p.json", CLASS_NAMES) as w:
+        for image_id, dd in d.items():
+            w.write_image(image_id, f"{image_id}.jpg", 10, 10, dd.boxes, dd.scores, dd.classes)
+    for path in (tmp_path / "voc", tmp_path / "coco.json", tmp_path / "p.json"):
+        back = load_detections(path, CLASS_NAMES, image_ids=["000001"])
+        assert back.image_ids == ("000001",) and back.num_skipped == 1, path
+        assert "'other'" in back.problems[0] and "not in the evaluated image set" in back.problems[0]

@@ -254,11 +254,11 @@ def test_read_state_dict_refuses_bad_files(tmp_path: Path) -> None:
         read_state_dict(unsafe)
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
-    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+    with pytest.raises(CheckpointError, match=r"corrupt\.safetensors: weights file header is not valid JSON"):
         read_state_dict(corrupt)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"definitely not a zip or pickle")
-    with pytest.raises(CheckpointError, match=r"garbage\.pt: (refusing to load|cannot read)"):
+    with pytest.raises(CheckpointError, match=r"garbage\.pt: weights file is not a torch file"):
         read_state_dict(garbage)
     lone = tmp_path / "lone.pt"
     torch.save(torch.zeros(3), lone)

@@ -101,10 +101,10 @@ def test_checkpoint_round_trip_and_corruption(synth_dir: Path, tmp_path: Path) -
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(path.read_bytes()[:100])
     bad.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
-    with pytest.raises(CheckpointError, match=r"bad\.safetensors is corrupt"):
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: checkpoint is truncated or not a safetensors file"):
         load_checkpoint(bad)
     path.with_suffix(".json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not JSON"):
+    with pytest.raises(CheckpointError, match="sidecar is not valid JSON"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors")

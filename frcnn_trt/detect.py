@@ -3,8 +3,10 @@
 Glossary: ``D`` detections of one image (boxes 0-based inclusive x1, y1, x2, y2 in original pixels).
 
 A thin caller of the runner (:class:`~frcnn_trt.engines.runner.Runner`): it reads and detects one batch at a
-time and hands each result over as it is done, so each annotated image (class colours, ``label score``) is
-written while the run goes on and no decoded image is kept. Once every image is done, ``predictions.json``
+time and hands each result over as it is done, so each annotated image is written while the run goes on and no
+decoded image is kept. An annotated image shows the detections scoring at least ``show_conf`` (0.5; the saved
+detections keep ``conf_thresh``, 0.05), one colour per class, ``name score`` on a filled label inside the image
+(:func:`frcnn_trt.plotting.draw_detections`). Once every image is done, ``predictions.json``
 (:class:`~frcnn_trt.evaluation.PredictionsWriter`: every readable image, in path order) and, on request, a
 COCO results JSON are written. An image that cannot be read (missing, truncated, not an image) is reported,
 skipped and listed in the summary. The speed summary splits ms/image into the detector's phases, warm-up
@@ -34,37 +36,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+from rich.markup import escape
 
 from frcnn_trt import distributed
 from frcnn_trt.engines.detector import Detector, PhaseTimes
+from frcnn_trt.engines.precision import effective_precision
 from frcnn_trt.engines.results import ImageDetections
 from frcnn_trt.engines.runner import ImageResult, Runner, RunResult, rank_zero_first, unique_image_ids
 from frcnn_trt.errors import DatasetError, FrcnnError
 from frcnn_trt.evaluation import PredictionsWriter, read_predictions, write_coco_results
 from frcnn_trt.log import console as make_console
+from frcnn_trt.plotting import draw_detections
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "DetectSummary",
     "annotate",
     "build_detector",
+    "describe_source",
     "iter_image_paths",
     "next_run_dir",
     "run_detect",
 ]
 
+#: the default drawing threshold: annotated images show detections scoring at least this (the saved detections
+#: keep the detector's own threshold, 0.05 by default, for evaluation)
+SHOW_CONF = 0.5
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 _GLOB_CHARS = frozenset("*?[")
-
-# 20 distinct colours (RGB), cycled by class index
-_PALETTE = [
-    (255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49), (72, 249, 10),
-    (146, 204, 23), (61, 219, 134), (26, 147, 52), (0, 212, 187), (44, 153, 168), (0, 194, 255),
-    (52, 69, 147), (100, 115, 255), (0, 24, 236), (132, 56, 255), (82, 0, 133), (203, 56, 255),
-    (255, 149, 200), (255, 55, 199),
-]
-
 
 # ------------------------------------------------------------------------------------------------ sources
 
@@ -105,30 +105,13 @@ def next_run_dir(project: str | Path = "runs/detect", name: str = "exp") -> Path
 # ------------------------------------------------------------------------------------------------ drawing
 
 
-def annotate(image_bgr: np.ndarray, dets: ImageDetections) -> Any:
-    """A PIL RGB image with each detection's box in its class colour and a ``label score`` tag (proposals:
-    the first colour and the score alone)."""
-    labels = dets.labels.tolist() if dets.labels is not None else [0] * len(dets)
-    names = dets.label_names if dets.labels is not None else [""] * len(dets)
-    img = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
-    draw = ImageDraw.Draw(img)
-    width = max(1, round(min(img.size) / 300))
-    try:
-        font: Any = ImageFont.load_default(size=max(10, round(min(img.size) / 40)))
-    except TypeError:  # Pillow < 10.1 has no sized default font
-        font = ImageFont.load_default()
-    # low scores first, so the best boxes and labels are drawn on top
-    for i in np.argsort(dets.scores, kind="stable").tolist():
-        x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
-        colour = _PALETTE[labels[i] % len(_PALETTE)]
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        text = f"{names[i]} {float(dets.scores[i]):.2f}".strip()
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left, bottom - top
-        ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1
-        draw.rectangle([x1, ty, x1 + tw + 4, ty + th + 4], fill=colour)
-        draw.text((x1 + 2, ty + 2 - top), text, fill=(255, 255, 255), font=font)
-    return img
+def annotate(image_bgr: np.ndarray, dets: ImageDetections, show_conf: float = SHOW_CONF) -> Image.Image:
+    """A PIL RGB image with the detections scoring ``>= show_conf`` drawn: each box in its class colour with a
+    filled ``name score`` label inside the image (:func:`frcnn_trt.plotting.draw_detections`; proposals, without
+    labels: the score alone)."""
+    names = dict(zip(dets.labels.tolist(), dets.label_names, strict=False)) if dets.labels is not None else None
+    return draw_detections(image_bgr[:, :, ::-1], dets.boxes, dets.scores, dets.labels, names,
+                           show_conf=show_conf).image
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -151,6 +134,8 @@ class DetectSummary:
     warmup_excluded: bool = True
     wall_seconds: float = 0.0
     processes: int = 1
+    #: process start → first image ready (imports, loading the model, sessions); None where not measurable
+    startup_seconds: float | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -164,7 +149,7 @@ class DetectSummary:
                 "skipped": [{"file": f, "error": e} for f, e in self.skipped], "per_class": self.per_class,
                 "ms_per_image": self.ms_per_image, "images_per_second": self.images_per_second,
                 "timed_images": self.timed_images, "warmup_excluded": self.warmup_excluded,
-                "processes": self.processes}
+                "processes": self.processes, "startup_seconds": self.startup_seconds}
 
 
 def build_detector(
@@ -187,10 +172,15 @@ def build_detector(
                                     device=device, **kwargs)
 
 
-def _save_annotated(image: np.ndarray, dets: ImageDetections, out_dir: Path, image_id: str, suffix: str) -> Path:
+def _save_annotated(image: np.ndarray, dets: ImageDetections, out_dir: Path, image_id: str, suffix: str,
+                    show_conf: float = SHOW_CONF) -> Path:
     ext = suffix.lower() if suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp") else ".png"
     path = out_dir / f"{image_id}{ext}"
-    annotate(image, dets).save(path, **({"quality": 92} if ext in (".jpg", ".jpeg") else {}))
+    drawn = annotate(image, dets, show_conf)
+    if ext in (".jpg", ".jpeg"):
+        drawn.save(path, quality=92)
+    else:
+        drawn.save(path)
     return path
 
 
@@ -207,6 +197,7 @@ def run_detect(
     output_dir: str | Path | None = None,
     project: str | Path = "runs/detect",
     save_images: bool = True,
+    show_conf: float = SHOW_CONF,
     coco_json: str | Path | None = None,
     batch_size: int = 1,
     warmup: int = 1,
@@ -216,7 +207,8 @@ def run_detect(
 ) -> DetectSummary:
     """Detect objects in ``source`` (folder, file or glob) and write the results (see module docstring).
 
-    ``conf_thresh`` / ``nms`` / ``max_dets`` default to the export's test settings (0.05 / 0.3 / 100).
+    ``conf_thresh`` / ``nms`` / ``max_dets`` default to the export's test settings (0.05 / 0.3 / 100): what is
+    saved. ``show_conf``: what is drawn on the annotated images (default 0.5).
     ``output_dir`` default: ``project/exp``, ``exp2``, … ``warmup``: leading batches left out of the speed
     numbers (they are still detected and written). ``threads``: batches detected side by side (``None``: as
     many as the backend allows; the detections are the same, the per-phase times overlap). ``detector``: an
@@ -233,8 +225,10 @@ def run_detect(
     runner = Runner(det, batch_size=batch_size, warmup=warmup, threads=threads, label="detect", console=con)
     main = distributed.is_main_process()
     if main:
-        _print_header(con, source, len(paths), det, out, batch_size)
-    run = runner.run(paths, unique_image_ids(paths), on_result=partial(_save_result, out) if save_images else None)
+        _print_header(con, describe_source(source, len(paths)), len(paths), det, out, batch_size,
+                      show_conf if save_images else None)
+    on_result = partial(_save_result, out, show_conf) if save_images else None
+    run = runner.run(paths, unique_image_ids(paths), on_result=on_result)
     pred_path = out / "predictions.json"
     coco_path = _write_results(run, pred_path, det.class_names, coco_json) if main else None
     summary = _summary(run, out, pred_path, coco_path, det.describe())
@@ -255,10 +249,10 @@ def _run_dir(output_dir: str | Path | None, project: str | Path) -> Path:
     return out
 
 
-def _save_result(out_dir: Path, res: ImageResult) -> None:
+def _save_result(out_dir: Path, show_conf: float, res: ImageResult) -> None:
     """The annotated image of one result (each process draws its own images)."""
     if res.image is not None and res.detections is not None:
-        _save_annotated(res.image, res.detections, out_dir, res.image_id, res.path.suffix)
+        _save_annotated(res.image, res.detections, out_dir, res.image_id, res.path.suffix, show_conf)
 
 
 def _write_results(run: RunResult, pred_path: Path, class_names: Sequence[str],
@@ -280,12 +274,34 @@ def _summary(run: RunResult, out: Path, pred_path: Path, coco_path: Path | None,
         output_dir=out, predictions=pred_path, coco_json=coco_path, backend=backend, images=len(dets),
         detections=sum(len(d) for d in dets), skipped=[(str(r.path), str(r.error)) for r in run.skipped],
         per_class=dict(sorted(per_class.items())), ms_per_image=run.ms_per_image, timed_images=run.timing.images,
-        warmup_excluded=run.warmup_excluded, wall_seconds=run.wall_seconds, processes=run.processes)
+        warmup_excluded=run.warmup_excluded, wall_seconds=run.wall_seconds, processes=run.processes,
+        startup_seconds=run.startup_seconds)
 
 
-def _print_header(con: Any, source: Any, n: int, det: Detector, out: Path, batch_size: int) -> None:
-    con.print(f"[bold]frcnn-trt detect[/] {n} image(s) from {source} with {det.describe()}")
-    con.print(f"  conf > {det.conf_thresh}, NMS {det.nms}, max {det.max_dets} per image; results → {out}")
+def describe_source(source: str | Path | Sequence[str | Path], n: int) -> str:
+    """The source as the user gave it: ``folder imgs/ (12 images)``, ``glob 'a/*.jpg' (3 images)``, ``imgs/a.jpg``
+    or ``3 listed images``."""
+    count = f"{n} image{'s' if n != 1 else ''}"
+    if isinstance(source, (list, tuple)):
+        names = ", ".join(str(p) for p in source[:3]) + (", …" if len(source) > 3 else "")
+        return f"{count} listed ({names})"
+    text = str(source)
+    if Path(text).is_dir():
+        return f"folder {text.rstrip('/')}/ ({count})"
+    if not Path(text).is_file() and any(c in text for c in _GLOB_CHARS):
+        return f"glob {text!r} ({count})"
+    return text
+
+
+def _print_header(con: Any, source: str, n: int, det: Detector, out: Path, batch_size: int,
+                  show_conf: float | None) -> None:
+    con.print(f"[bold]frcnn-trt detect[/] {escape(source)} with {escape(det.describe())}", highlight=False)
+    if det.export is not None:
+        computed = effective_precision(det.export, det.backend.name, det.backend.device)
+        con.print(f"  computes in: {computed}", markup=False, highlight=False)
+    drawn = f"; drawn on the images: score ≥ {show_conf}" if show_conf is not None else ""
+    con.print(f"  saved: score > {det.conf_thresh}, NMS {det.nms}, max {det.max_dets} per image{drawn}; "
+              f"results → {out}", markup=False, highlight=False)
     world = distributed.get_world_size()
     if world > 1:
         mine = distributed.shard_indices(n, 0, world, chunk=batch_size)
@@ -305,6 +321,9 @@ def _print_summary(con: Any, s: DetectSummary) -> None:
         con.print(f"  speed ({s.timed_images} images, {note}): "
                   + ", ".join(f"{p} {m[p]:.1f}" for p in PhaseTimes.PHASES)
                   + f" ms/image; total {m['total']:.1f} ms ({s.images_per_second:.2f} images/s)")
+    if s.startup_seconds is not None:
+        con.print(f"  start-up {s.startup_seconds:.1f} s (process start → first image ready: imports, model, "
+                  "sessions)", markup=False, highlight=False)
     for f, e in s.skipped:
         con.print(f"  [yellow]skipped[/] {f}: {e}")
     con.print(f"  predictions: {s.predictions}" + (f"; COCO results: {s.coco_json}" if s.coco_json else ""))

@@ -3,7 +3,8 @@
 ``im_detect(model, image)`` returns per-class scores ``[R, K]`` and boxes ``[R, 4K]`` in original-image
 pixels, exactly what py-faster-rcnn's ``fast_rcnn.test.im_detect`` returns. ``test_net`` runs an eager model
 over an imdb with the test rules (scores > 0.05, per-class NMS 0.3, at most 100 detections per image),
-writes the detections in the formats ``frcnn-trt eval`` reads, and evaluates them; :func:`run_test` does the
+writes the detections in the formats ``frcnn-trt eval`` reads, and evaluates them (the AP table as JSON and
+the per-class precision–recall curves next to the detections); :func:`run_test` does the
 same with any :class:`~frcnn_trt.engines.detector.Detector` (an export on ONNX Runtime or TensorRT is
 measured exactly as eager torch is). Both are thin callers of the runner
 (:class:`~frcnn_trt.engines.runner.Runner`: batches, torchrun shards, gathering).
@@ -25,6 +26,8 @@ from frcnn_trt.data.blob import preprocess_images
 from frcnn_trt.data.images import read_image
 from frcnn_trt.data.imdb import ImageAnnotation, Imdb
 from frcnn_trt.engines.detector import Detector
+from frcnn_trt.engines.export_format import load_export
+from frcnn_trt.engines.precision import export_precision
 from frcnn_trt.engines.runner import Runner, RunResult, rank_zero_first
 from frcnn_trt.errors import BackendError, CheckpointError, DatasetError, FrcnnError, ImageError
 from frcnn_trt.evaluation import (
@@ -35,7 +38,8 @@ from frcnn_trt.evaluation import (
     prediction_record,
     write_voc_results,
 )
-from frcnn_trt.io import atomic_write_json
+from frcnn_trt.evaluation.report import write_eval_files
+from frcnn_trt.export.precision_report import add_validation
 from frcnn_trt.model.checkpoint import load_checkpoint
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 
@@ -127,7 +131,8 @@ def _test_annotations(det: Detector, imdb: Imdb, evaluate: bool, max_images: int
 
 def _write_and_evaluate(run: RunResult, dets: Detections, annotations: list[ImageAnnotation], imdb: Imdb,
                         out: Path, evaluate: bool) -> EvalResult | None:
-    """predictions.json, the per-class results files and (``evaluate``) eval.json, in ``out``."""
+    """predictions.json, the per-class results files and (``evaluate``) eval.json with the precision–recall curves
+    (pr_curves.png / .json), in ``out``."""
     names = list(imdb.classes)
     out.mkdir(parents=True, exist_ok=True)
     with PredictionsWriter(out / "predictions.json", names) as writer:
@@ -140,7 +145,7 @@ def _write_and_evaluate(run: RunResult, dets: Detections, annotations: list[Imag
     if not evaluate:
         return None
     result = evaluate_voc(annotations, dets, names, use_07_metric=imdb.use_07_metric)
-    atomic_write_json(out / "eval.json", result.to_json())
+    write_eval_files(result, out, title=imdb.name)  # eval.json, pr_curves.png, pr_curves.json
     return result
 
 
@@ -176,3 +181,24 @@ def run_test_export(directory: str | Path, imdb: Imdb, output_dir: str | Path | 
     default = export.parent / f"test_{imdb.name}_{export.name}_{det.backend.name}"
     out = Path(output_dir) if output_dir is not None else default
     return run_test(det, imdb, out, batch_size=batch_size, max_images=max_images, console=console)
+
+
+def validate_export_precisions(directory: str | Path, imdb: Imdb, console: Any = None) -> dict[str, Any]:
+    """``export --val``: the mAP and ms/image of the FP32 torch checkpoint the export came from and of the export
+    on ONNX Runtime (its own precision), both measured by :func:`run_test_checkpoint` / :func:`run_test_export`
+    on ``imdb``, added side by side to the export's precision report (returned)."""
+    directory = Path(directory)
+    info = load_export(directory, verify=False)
+    ckpt = Path(info.source_checkpoint["checkpoint"])
+    runs = (
+        ("fp32", "torch", lambda: run_test_checkpoint(ckpt, imdb, directory / "val_fp32_torch", console=console)),
+        (export_precision(info), "onnxruntime", lambda: run_test_export(
+            directory, imdb, directory / "val_onnxruntime", backend="onnxruntime", console=console)),
+    )
+    rows = []
+    for precision, backend, run in runs:
+        out = run()
+        rows.append({"imdb": imdb.name, "precision": precision, "backend": backend,
+                     "map": float(out.result.mean_ap) if out.result else float("nan"),
+                     "ms_per_image": 1000.0 * out.seconds_per_image})
+    return add_validation(directory, rows)

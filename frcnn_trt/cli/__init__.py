@@ -8,10 +8,10 @@ and exit code 1; ``--verbose`` shows the traceback instead.
 
 from __future__ import annotations
 
-from frcnn_trt.cli import data_cmds, deploy_cmds, train_cmds
+from frcnn_trt.cli import data_cmds, deploy_cmds, plot_cmds, serve_cmds, train_cmds
 from frcnn_trt.cli.app import app
 
-__all__ = ["app", "data_cmds", "deploy_cmds", "main", "train_cmds"]
+__all__ = ["app", "data_cmds", "deploy_cmds", "main", "plot_cmds", "serve_cmds", "train_cmds"]
 
 
 def main() -> None:

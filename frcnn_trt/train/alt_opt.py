@@ -15,8 +15,9 @@ step                      initialised from                     trains (parameter
 
 Each stage's config is derived from the run's config with :func:`frcnn_trt.config.override` (nothing global
 is mutated); the random seeds are reset to ``RNG_SEED`` at the start of every stage, as py-faster-rcnn ran
-each stage in a fresh process. Outputs: one folder per stage (weights, proposals, logs, resolved config)
-and ``<NET>_faster_rcnn_final.safetensors``. With ``resume`` finished stages are skipped, a stage in progress
+each stage in a fresh process. Outputs: one folder per stage (weights, proposals, logs, resolved config,
+``<stage>_metrics.jsonl``), ``training_curves.png`` (the four stages side by side, redrawn at every snapshot and
+stage end) and ``<NET>_faster_rcnn_final.safetensors``. With ``resume`` finished stages are skipped, a stage in progress
 continues from its newest snapshot and proposals are reused when their model hash and settings match.
 The two stage-2 stages share one cache of per-image conv features (:mod:`frcnn_trt.train.feature_cache`):
 their conv is frozen and the same, so each training image's features are computed once for both.
@@ -46,6 +47,7 @@ from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.model.weights import load_weights
 from frcnn_trt.train.feature_cache import FeatureCache
 from frcnn_trt.train.loop import StageSpec, train_stage
+from frcnn_trt.train.metrics import plot_run
 from frcnn_trt.train.rpn_generate import load_proposals, rpn_generate
 
 logger = get_logger("alt_opt")
@@ -163,7 +165,7 @@ def train_alt_opt(
                          stepsize=a.STEPSIZES[index], trainable=trainable, label=label)
         path = train_stage(model, roidb.entries, scfg, spec, out / name, class_names=names, device=dev,
                            resume=resume, num_workers=num_workers, feature_cache=cache,
-                           extra_info={"imdb": imdb.name, "schedule": "alt_opt"})
+                           extra_info={"imdb": imdb.name, "schedule": "alt_opt"}, curves=lambda: plot_run(out))
         result.seconds[name] = time.perf_counter() - t0
         result.stage_checkpoints[name] = path
         return path

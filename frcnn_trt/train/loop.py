@@ -3,7 +3,10 @@
 One call trains one model for one stage: chosen parameters train (the rest are frozen), SGD with Caffe's
 settings (:mod:`frcnn_trt.train.solver`), ``iter_size`` accumulation, periodic log lines, snapshots every
 ``SNAPSHOT_ITERS`` and at the end (safetensors + JSON, atomic), and an exact resume from the newest solver
-state in the output folder. A NaN/inf loss stops the run naming the stage, the iteration and every loss.
+state in the output folder. A NaN/inf loss stops the run naming the stage, the iteration and every loss. Every
+iteration's losses, learning rate and speed go to ``<stage>_metrics.jsonl`` and the curves drawn from them are
+redrawn at each snapshot and at the end (:mod:`frcnn_trt.train.metrics`); they only watch, the numbers trained
+are the same without them.
 
 Under torchrun the same call runs in every process with DistributedDataParallel: one iteration takes
 ``processes × ITER_SIZE`` batches of the one global batch stream, and equals the single-process run with
@@ -18,7 +21,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +43,7 @@ from frcnn_trt.model.checkpoint import (
 )
 from frcnn_trt.model.faster_rcnn import FasterRCNN
 from frcnn_trt.train.feature_cache import FeatureCache, body_is_cacheable
+from frcnn_trt.train.metrics import METRICS_SUFFIX, MetricsLog, draw_stage, metrics_log, redraw
 from frcnn_trt.train.solver import Solver
 
 logger = get_logger("train")
@@ -142,6 +146,7 @@ def train_stage(
     extra_info: dict[str, Any] | None = None,
     on_iteration: Callable[[int, dict[str, float]], None] | None = None,
     feature_cache: FeatureCache | None = None,
+    curves: Callable[[], object] | None = None,
 ) -> Path:
     """Train ``model`` on ``roidb`` for ``spec``; returns the final checkpoint ``<name>_final.safetensors``.
 
@@ -157,6 +162,9 @@ def train_stage(
     ``feature_cache``: where the body is frozen (:func:`~frcnn_trt.train.feature_cache.body_is_cacheable`), its
     per-image features are kept there and reused (alt-opt passes one cache to both stage-2 stages); ignored
     when the body trains. Without one, a stage with a frozen body makes its own (``TRAIN.FEATURE_CACHE_MB``).
+
+    ``curves`` draws the run's training curves (rank 0, at each snapshot and at the end); default: this stage's
+    ``<name>_curves.png`` from its ``<name>_metrics.jsonl``.
     """
     out = Path(output_dir)
     distributed.init_distributed(device)
@@ -171,7 +179,8 @@ def train_stage(
         run.resume()
     run.log_batch()
     run.open_batches(roidb, cfg.TRAIN.NUM_WORKERS if num_workers is None else num_workers)
-    with IterationProgress(spec.label or spec.name, spec.max_iters, run.start, enabled=run.main) as bar:
+    with run.open_metrics(curves), IterationProgress(spec.label or spec.name, spec.max_iters, run.start,
+                                                     enabled=run.main) as bar:
         for it in range(run.start, spec.max_iters):
             values, lr = run.step(it)
             bar.update(it + 1, values["total_loss"])
@@ -219,6 +228,8 @@ class StageRun:
         self.window: deque[dict[str, float]] = deque(maxlen=100)  # Caffe's average_loss 100
         self.t_data = 0.0
         self.t_start = time.perf_counter()
+        self.metrics: MetricsLog | None = None  # rank 0, while open_metrics is open
+        self.curves: Callable[[], object] = self.draw_curves
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -268,11 +279,31 @@ class StageRun:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    @contextlib.contextmanager
+    def open_metrics(self, curves: Callable[[], object] | None) -> Iterator[None]:
+        """``<stage>_metrics.jsonl`` (rank 0), continued from iteration ``start``; closed, and the curves drawn, at
+        the end of the block."""
+        self.curves = curves or self.draw_curves
+        path = self.out / f"{self.spec.name}{METRICS_SUFFIX}"
+        with metrics_log(self.main, path, self.spec.name, start=self.start,
+                         images_per_iter=self.per_iter * self.ims_per_batch, draw=lambda: self.curves()) as log:
+            self.metrics = log
+            try:
+                yield
+            finally:
+                self.metrics = None
+
+    def draw_curves(self) -> None:
+        """This stage's ``<name>_curves.png`` from its metrics file."""
+        draw_stage(self.out, self.spec.name, f"training curves · {self.spec.label or self.spec.name}")
+
     # ------------------------------------------------------------------------------------------ one iteration
 
     def step(self, it: int) -> tuple[dict[str, float], float]:
         """Iteration ``it``: ``ITER_SIZE`` micro-batches, their losses averaged (over all ranks too), one solver
         update. Returns the losses (with ``total_loss``) and the learning rate used."""
+        if self.metrics is not None:
+            self.metrics.start_iteration()
         values: dict[str, float] = {}
         for j in range(self.iter_size):
             for k, v in self._micro_batch(it, j).items():
@@ -310,6 +341,8 @@ class StageRun:
     def after_step(self, done: int, values: dict[str, float], lr: float) -> None:
         """Every ``SOLVER.DISPLAY`` iterations (and the last) a log line; every ``TRAIN.SNAPSHOT_ITERS`` a snapshot."""
         self.window.append(values)
+        if self.metrics is not None:
+            self.metrics.append(done, values, lr)
         if done % max(1, int(self.cfg.SOLVER.DISPLAY)) == 0 or done == self.spec.max_iters:
             self._log(done, lr)
         snap = int(self.cfg.TRAIN.SNAPSHOT_ITERS)
@@ -336,6 +369,8 @@ class StageRun:
                 "batches_per_iteration": self.per_iter, "ims_per_batch": self.ims_per_batch,
                 "world_size": self.world, "iter_size": self.iter_size, "base_lr": self.base_lr}
         prefix = self.out / f"{spec.name}_iter_{done}"
+        if self.metrics is not None:
+            self.metrics.sync()  # the rows up to here are on disk before the state a resume starts from
         save_checkpoint(prefix.with_suffix(".safetensors"), self.model,
                         CheckpointInfo(iteration=done, **self.info_base))
         state = self.out / f"{spec.name}_iter_{done}{SOLVERSTATE_SUFFIX}"
@@ -343,6 +378,7 @@ class StageRun:
                           _rng_state(self.generator), meta)
         _remove_solver_states(self.out, spec.name, keep=state)
         logger.info("%s: snapshot %s", spec.name, prefix.with_suffix(".safetensors").name)
+        redraw(self.curves, f"{spec.name}'s training curves")
 
     # ------------------------------------------------------------------------------------------ the end
 

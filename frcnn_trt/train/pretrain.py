@@ -15,7 +15,9 @@ will see them:
   the last 20 % (py-faster-rcnn's step policy; a cosine decay learned markedly slower here).
 
 Body and fc6/fc7 are saved (the classifier is dropped, like ImageNet's fc8) as a ``.safetensors`` that
-``--weights`` takes, with a JSON sidecar of the settings and the final accuracy. Difficult objects are not
+``--weights`` takes, with a JSON sidecar of the settings and the final accuracy; every iteration's loss, accuracy
+and learning rate go to ``<name>_metrics.jsonl`` beside it, drawn in ``<name>_curves.png``
+(:mod:`frcnn_trt.train.metrics`; images/s there counts crops). Difficult objects are not
 used. Seeded: every batch is drawn from its own generator seeded by ``(seed, iteration)``, so the result does
 not depend on the number of loader workers. A file made with the same settings from the same annotations is
 reused, not retrained.
@@ -47,6 +49,7 @@ from frcnn_trt.log import IterationProgress, get_logger
 from frcnn_trt.model.backbones import build_network
 from frcnn_trt.model.weights import DEFAULT_PIXEL_MEANS, save_weights
 from frcnn_trt.ops.roi_pool import RoIPool
+from frcnn_trt.train.metrics import METRICS_SUFFIX, draw_stage, metrics_log
 
 __all__ = ["PretrainSettings", "pretrain_backbone"]
 
@@ -229,7 +232,10 @@ def pretrain_backbone(imdb: Any, output: str | Path, settings: PretrainSettings 
                 imdb.name, s.iters, s.crops_per_batch, s.crop, s.base_lr)
     t0 = time.perf_counter()
     losses, hits = [], []
-    with IterationProgress("pretrain", s.iters) as bar:
+    curves = out.with_name(f"{out.stem}{METRICS_SUFFIX}")
+    with metrics_log(True, curves, "pretrain", start=0, images_per_iter=s.crops_per_batch,
+                     draw=lambda: draw_stage(out.parent, out.stem, f"pretraining curves · {out.stem}")) as mlog, \
+            IterationProgress("pretrain", s.iters) as bar:
         for it, (x, rois, y) in enumerate(loader):
             lr = s.base_lr * (0.1 if it >= s.step_at * s.iters else 1.0)
             for group in opt.param_groups:
@@ -244,6 +250,8 @@ def pretrain_backbone(imdb: Any, output: str | Path, settings: PretrainSettings 
             losses.append(loss.item())
             hits.append((logits.argmax(1).cpu() == y).float().mean().item())
             bar.update(it + 1, loss.item())
+            if mlog is not None:
+                mlog.append(it + 1, {"loss": losses[-1]}, lr, {"accuracy": hits[-1]})
             if (it + 1) % display == 0 or it + 1 == s.iters:
                 logger.info("pretrain iter %d/%d, loss %.4f, accuracy %.3f, lr %.5f, %.3f s/iter", it + 1, s.iters,
                             np.mean(losses[-display:]), np.mean(hits[-display:]), lr,

@@ -186,9 +186,11 @@ def test_end2end_matches_single_process_with_iter_size_w_times_i(runs: dict[str,
     assert rec[0]["losses"]["end2end"] == rec[1]["losses"]["end2end"]
     _assert_same_losses(rec[0]["losses"]["end2end"], runs["e2e_losses"])
     _assert_same_weights(runs["final_w2"], runs["final_w1"])
-    # the output folder holds what one process writes: the final checkpoint and the resolved config
+    # the output folder holds what one process writes: the final checkpoint, the resolved config, the metrics
+    # file and its curves (rank 0 only)
     assert sorted(p.name for p in (tmp / "e2e_w2").iterdir() if p.is_file()) == [
-        "end2end_config.yaml", "end2end_final.json", "end2end_final.safetensors"]
+        "end2end_config.yaml", "end2end_curves.png", "end2end_final.json", "end2end_final.safetensors",
+        "end2end_metrics.jsonl"]
     # DDP all-reduces exactly the trainable parameters
     ddp = rec[0]["ddp"]["end2end"]
     assert ddp["reduced_tensors"] == ddp["trainable_tensors"] and ddp["reduced_bytes"] == ddp["trainable_bytes"]

@@ -25,11 +25,16 @@ threshold). Implementations can disagree only for IoUs within ~1e-7 of the thres
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
+import importlib.util
 import math
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor
 
 from frcnn_trt.errors import ModelError
@@ -233,6 +238,24 @@ def _threshold_f32_up(thresh: float) -> float:
     return float(t32)
 
 
+def _nms_op() -> Any:
+    """``torch.ops.torchvision.nms``, the kernel ``torchvision.ops.nms`` runs. Until torchvision is imported
+    anyway, its C++ library is loaded alone: ``import torchvision`` imports ``torch._dynamo``, ~3 s of a
+    one-image ``detect`` with ONNX Runtime. Falls back to importing torchvision."""
+    if not hasattr(torch.ops.torchvision, "nms") and "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        roots = list(spec.submodule_search_locations or []) if spec is not None else []
+        libs = [Path(r) / f"{name}{suffix}" for r in roots for name in ("_C_stable", "_C")
+                for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+        lib = next((p for p in libs if p.is_file()), None)
+        if lib is not None:
+            with contextlib.suppress(OSError, RuntimeError):  # then the import below says what is wrong
+                torch.ops.load_library(str(lib))
+    if not hasattr(torch.ops.torchvision, "nms"):
+        import torchvision  # noqa: F401  (registers its ops)
+    return torch.ops.torchvision.nms
+
+
 def _nms_in_order(boxes: Tensor, thresh: float, idxs: Tensor | None = None) -> Tensor:
     """NMS of ``boxes [R, 4]`` already sorted by priority (row 0 first); optional groups ``idxs [R]``.
 
@@ -251,7 +274,7 @@ def _nms_in_order(boxes: Tensor, thresh: float, idxs: Tensor | None = None) -> T
         span = b.max() - lo + 1.0
         b = b - lo + idxs.to(torch.float64)[:, None] * span
     surrogate = -torch.arange(n, dtype=torch.float64, device=boxes.device)
-    keep = torchvision.ops.nms(b, surrogate, _threshold_f32_up(thresh))
+    keep = _nms_op()(b, surrogate, _threshold_f32_up(thresh))
     return torch.sort(keep).values
 
 

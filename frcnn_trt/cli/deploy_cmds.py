@@ -32,16 +32,42 @@ def export_cmd(
     force_engines: Annotated[bool, typer.Option(help="Rebuild engines even when cached.")] = False,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT builder workspace limit (MiB).")] = 4096,
     engine_cache: Annotated[Path | None, typer.Option(help="Engine cache folder (default <export>/engines).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="QDQ INT8 graphs calibrated on --calib images.")] = False,
+    calib: Annotated[str | None, typer.Option(help="--int8 calibration images: an imdb name (synth:DIR:trainval, "
+                                              "voc_2007_trainval), an image folder or a glob.")] = None,
+    calib_images: Annotated[int, typer.Option(help="Calibration images used (the first N).")] = 32,
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+    int8_target: Annotated[str, typer.Option("--int8-target", help="cpu (ONNX Runtime on a CPU: UINT8 activations, "
+                                             "fast integer kernels) or tensorrt (symmetric INT8, what TensorRT "
+                                             "builds).")] = "cpu",
+    val: Annotated[str | None, typer.Option(help="An imdb: mAP and ms/image of FP32 torch and of the export, "
+                                            "side by side in the precision report.")] = None,
+    data_root: Annotated[Path, typer.Option(help="Folder holding VOCdevkit<year>/ (for imdb names).")] = Path("data"),
 ) -> None:
-    """rpn.onnx + detector.onnx (custom frcnn::RoIPool node) + export.json, parity report, TensorRT engines."""
+    """rpn.onnx + detector.onnx (custom frcnn::RoIPool node) + export.json, parity and precision reports,
+    TensorRT engines; --int8 --calib SOURCE quantizes the graphs."""
     import json
 
     from frcnn_trt.engines.tensorrt import BuildSettings, build_export_engines
+    from frcnn_trt.errors import ExportError
+    from frcnn_trt.export.int8_export import Int8Settings
     from frcnn_trt.export.onnx_export import run_export
     from frcnn_trt.io import atomic_write_json
 
+    if int8 and fp16:
+        raise ExportError("--int8 and --fp16 exclude each other: an INT8 export keeps its float layers in FP32")
+    if int8 != (calib is not None):
+        raise ExportError("--int8 needs --calib SOURCE (imdb, folder or glob)" if int8 else "--calib goes with --int8")
+    q = (Int8Settings(calib, num_images=calib_images, method=calib_method, data_root=data_root, target=int8_target)
+         if calib else None)
     res = run_export(model, output, fp16=fp16, opset=opset, parity_images=parity_images,
-                     num_parity_images=parity_count, parity=parity, max_batch=max_batch, console=printer())
+                     num_parity_images=parity_count, parity=parity, max_batch=max_batch, console=printer(), int8=q)
+    if val is not None:
+        from frcnn_trt.data.factory import get_imdb
+        from frcnn_trt.export.precision_report import print_report
+        from frcnn_trt.inference import validate_export_precisions
+
+        print_report(printer(), validate_export_precisions(res.directory, get_imdb(val, data_root), printer()))
     if not engines:
         return
     report = build_export_engines(res.directory, BuildSettings(workspace_mib=workspace_mib), cache_dir=engine_cache,
@@ -52,7 +78,6 @@ def export_cmd(
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["engines"] = report.to_dict()
     atomic_write_json(meta_path, meta)
-
 
 
 @import_app.command("caffe")
@@ -96,7 +121,10 @@ def detect_cmd(
     weights: Annotated[Path | None, typer.Option("--weights", help="A checkpoint, run eagerly by torch.")] = None,
     backend: Annotated[str, typer.Option(help=f"{BACKEND_CHOICES}.")] = "auto",
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1.")] = None,
-    conf: Annotated[float | None, typer.Option(help="Score threshold (default 0.05, as test_net).")] = None,
+    conf: Annotated[float | None, typer.Option(help="Score threshold of the saved detections (default 0.05, as "
+                                               "test_net).")] = None,
+    show_conf: Annotated[float, typer.Option("--show-conf", help="Score threshold of the boxes drawn on the "
+                                             "annotated images.")] = 0.5,
     nms: Annotated[float | None, typer.Option(help="Per-class NMS IoU (default 0.3).")] = None,
     max_dets: Annotated[int | None, typer.Option(help="Detections per image (default 100).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o",
@@ -113,20 +141,23 @@ def detect_cmd(
     if (export is None) == (weights is None):
         raise ConfigError("give exactly one of --export DIR (an export folder) or --weights CKPT (a checkpoint)")
     run_detect(source, export_dir=export, checkpoint=weights, backend=backend, device=device, conf_thresh=conf,
-               nms=nms, max_dets=max_dets, output_dir=output, save_images=save_images, coco_json=coco_json,
+               nms=nms, max_dets=max_dets, output_dir=output, save_images=save_images, show_conf=show_conf,
+               coco_json=coco_json,
                batch_size=batch_size, warmup=warmup, console=printer())
 
 
 @app.command("benchmark")
 def benchmark_cmd(
     model: Annotated[Path | None, typer.Argument(help="Checkpoint to time.")] = None,
-    export: Annotated[Path | None, typer.Option("--export", help="Export folder to time.")] = None,
-    net: Annotated[str | None, typer.Option(help="Time a random-weight network instead (e.g. VGG16).")] = None,
+    export: Annotated[list[Path] | None, typer.Option("--export", help="Export folder to time; repeat it to time "
+                                                      "FP32 / FP16 / INT8 exports side by side.")] = None,
+    net: Annotated[str | None, typer.Option(help="Also time a random-weight network (e.g. VGG16).")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes incl. background for --net.")] = 21,
     backend: Annotated[list[str] | None, typer.Option("--backend", help="Backend names, as `frcnn-trt doctor` lists "
                                                       "them (default: all available).")] = None,
     size: Annotated[tuple[int, int], typer.Option(help="Image height and width.")] = (600, 1000),
-    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Timed images per backend.")] = 5,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Timed images per contender (interleaved: "
+                                            "each image on every backend/export in turn).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up images.")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch and ONNX Runtime.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
@@ -135,7 +166,8 @@ def benchmark_cmd(
                                          "disable.")] = "all",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
 ) -> None:
-    """Time the same model on every available backend side by side (ms per phase, images/s, vs torch)."""
+    """Time exports and a model on every available backend, interleaved image by image (median ms per phase with
+    min–max, images/s, speed-up over torch FP32)."""
     from frcnn_trt.benchmark import run_benchmark
 
     run_benchmark(model, export_dir=export, net=net, num_classes=num_classes, backends=backend, image_size=size,

@@ -48,7 +48,6 @@ from frcnn_trt.engines.results import ImageDetections
 from frcnn_trt.engines.selection import open_backend
 from frcnn_trt.engines.torch_backend import TorchBackend
 from frcnn_trt.errors import BackendError, ModelError
-from frcnn_trt.model.checkpoint import load_checkpoint
 from frcnn_trt.postprocess import batched_detections_from_scores, im_detect_postprocess
 from frcnn_trt.proposals import ProposalLayer, ProposalSettings
 
@@ -278,7 +277,9 @@ class Detector:
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> Detector:
-        """Run a checkpoint eagerly. Other backends need an export first (``frcnn-trt export``)."""
+        """Run a checkpoint eagerly (NCHW, as trained). Other backends need an export first (``frcnn-trt export``)."""
+        # imported here: the model package (torchvision under it) is not needed to run an export
+        from frcnn_trt.model.checkpoint import load_checkpoint
 
         if backend not in ("torch", "auto"):
             raise BackendError(f"backend {backend!r} runs an export directory, not a checkpoint: run "

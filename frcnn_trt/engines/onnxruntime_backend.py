@@ -10,6 +10,9 @@ Glossary: ``N`` images, ``R`` RoIs, ``K`` classes including background (see :mod
   (``BackendError``) instead of pretending. On CUDA, inputs and outputs stay on the GPU through IO binding.
   (The CUDA EP has no ``MaxRoiPool`` kernel: ORT runs that one node on the CPU and copies around it.)
 - Threads: ``intra_op_threads=None`` leaves ONNX Runtime's default (one per physical core).
+- Start-up: on the CPU the optimised graphs are cached (:mod:`frcnn_trt.engines.ort_cache`, option ``cache``),
+  so a later start loads them with graph optimisation off and without the rewrite, and without importing
+  ``onnx`` (which, like the RoI-pool rewrite, is imported only on a cache miss).
 """
 
 from __future__ import annotations
@@ -21,15 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import torch
 from torch import Tensor
 
 from frcnn_trt.distributed import resolve_device
 from frcnn_trt.engines.export_format import ExportInfo
+from frcnn_trt.engines.ort_cache import GraphCache, GraphKey, optimised_session
 from frcnn_trt.engines.protocol import Backend, BackendSpec
 from frcnn_trt.errors import BackendError, ExportError
-from frcnn_trt.ops.roi_pool import to_onnxruntime
 
 if TYPE_CHECKING:
     from frcnn_trt.model.faster_rcnn import FasterRCNN
@@ -40,7 +42,7 @@ log = logging.getLogger("frcnn_trt.engines.onnxruntime")
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 #: the options of :meth:`OnnxRuntimeBackend.from_export` (``Detector.from_export(backend_options=...)``)
-OPTIONS = frozenset({"intra_op_threads", "graph_optimization", "io_binding"})
+OPTIONS = frozenset({"intra_op_threads", "graph_optimization", "io_binding", "cache"})
 INSTALL = "pip install onnxruntime-gpu  (Linux x86-64; elsewhere: pip install onnxruntime)"
 
 
@@ -93,7 +95,11 @@ class OnnxRuntimeBackend(Backend):
         graph_optimization: str = "all",
         precision: str = "fp32",
         io_binding: bool | None = None,
+        cache: GraphCache | None = None,
+        cache_keys: tuple[str, str] | None = None,
     ) -> None:
+        """``cache`` / ``cache_keys``: where optimised graphs are cached and the SHA-256 of each model file as the
+        export records it (both needed, model paths only, CPU only; :meth:`from_export` passes them)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -116,8 +122,15 @@ class OnnxRuntimeBackend(Backend):
         else:
             raise BackendError(f"the onnxruntime backend runs on cpu or cuda, not {self.device}")
         so = _session_options(intra_op_threads, graph_optimization)
-        self.rpn_session = self._session(rpn_model, so, providers, rewrite=False)
-        self.detector_session = self._session(detector_model, so, providers, rewrite=True)
+        # INT8 (QDQ, symmetric int8 activations) exports: without this x86 runs Q/DQ around float kernels
+        so.add_session_config_entry("session.qdqisint8allowed", "1")
+        use_cache = cache is not None and cache_keys is not None and self.device.type == "cpu"
+        self.cache = cache if use_cache else None
+        #: per graph file: ``True`` when its session came from the cache (only graphs the cache saw)
+        self.cache_hits: dict[str, bool] = {}
+        keys = cache_keys if use_cache and cache_keys is not None else (None, None)
+        self.rpn_session = self._session(rpn_model, so, providers, rewrite=False, sha256=keys[0])
+        self.detector_session = self._session(detector_model, so, providers, rewrite=True, sha256=keys[1])
         self.provider = self.rpn_session.get_providers()[0]
         self._rpn_outputs = [o.name for o in self.rpn_session.get_outputs()]
         self._det_outputs = [o.name for o in self.detector_session.get_outputs()]
@@ -127,35 +140,55 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"unexpected graph signature: rpn outputs {self._rpn_outputs}, detector inputs "
                                f"{self._det_inputs} / outputs {self._det_outputs}")
 
-    def _session(self, model: str | Path | bytes, so: Any, providers: list[Any], rewrite: bool) -> Any:
+    def _session(self, model: str | Path | bytes, so: Any, providers: list[Any], rewrite: bool,
+                 sha256: str | None = None) -> Any:
         import onnxruntime as ort
 
         where = "<bytes>" if isinstance(model, bytes) else str(model)
+        key = None
+        if self.cache is not None and sha256 is not None and not isinstance(model, bytes):
+            key = GraphKey.for_file(Path(model), sha256, rewrite=rewrite, optimization=self.graph_optimization,
+                                    ort_version=ort.__version__, provider=str(providers[0]))
+            cached = self.cache.lookup(key)
+            self.cache_hits[Path(model).name] = cached is not None
+            if cached is not None:  # already optimised: load it as it is, with the same session options
+                level = so.graph_optimization_level
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                try:
+                    return self._create(lambda: ort.InferenceSession(cached, so, providers=providers), where)
+                finally:
+                    so.graph_optimization_level = level
+        payload = _payload(model, rewrite, where)
+        if key is None or self.cache is None:
+            return self._create(lambda: ort.InferenceSession(payload, so, providers=providers), where)
+        session, optimised = self._create(lambda: optimised_session(ort, payload, so, providers), where)
+        self.cache.store(key, optimised)
+        return session
+
+    def _create(self, build: Any, where: str) -> Any:
+        """``build()`` (a session, or a session and bytes), its errors as BackendError; CUDA really kept."""
         try:
-            if rewrite:
-                proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
-                payload: bytes = to_onnxruntime(proto).SerializeToString()
-            else:
-                payload = model if isinstance(model, bytes) else Path(model).read_bytes()
-        except ExportError as exc:
-            raise BackendError(f"{where}: {exc}") from None
-        except (OSError, ValueError) as exc:  # onnx's DecodeError is a ValueError subclass
-            raise BackendError(f"cannot read ONNX model {where}: {exc}") from None
-        try:
-            session = ort.InferenceSession(payload, so, providers=providers)
+            made = build()
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BackendError(f"onnxruntime cannot load {where}: {exc}") from None
+        session = made[0] if isinstance(made, tuple) else made
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             raise BackendError(f"onnxruntime dropped the CUDAExecutionProvider for {where} (CUDA/cuDNN "
                                f"libraries missing or mismatched?); session providers: {session.get_providers()}."
                                " Use device='cpu' or fix the CUDA install")
-        return session
+        return made
 
     @classmethod
-    def from_export(cls, info: ExportInfo, device: str | torch.device | None = None, **options: Any
-                    ) -> OnnxRuntimeBackend:
-        precision = "fp16" if "fp16" in info.precision.values() else "fp32"
-        return cls(info.rpn_path, info.detector_path, device=device, precision=precision, **options)
+    def from_export(cls, info: ExportInfo, device: str | torch.device | None = None, cache: bool = True,
+                    **options: Any) -> OnnxRuntimeBackend:
+        """The export's two graphs; ``cache``: keep the optimised graphs (CPU) in the export's ``ort_cache``
+        folder, or the user cache when the export is read-only."""
+        values = set(info.precision.values())
+        precision = "int8" if "int8" in values else "fp16" if "fp16" in values else "fp32"
+        graph_cache = GraphCache.for_export(info.directory) if cache else None
+        keys = (info.file_sha256(info.rpn_path.name), info.file_sha256(info.detector_path.name)) if cache else None
+        return cls(info.rpn_path, info.detector_path, device=device, precision=precision, cache=graph_cache,
+                   cache_keys=keys, **options)
 
     # ------------------------------------------------------------------------------------------ running
 
@@ -206,6 +239,24 @@ class OnnxRuntimeBackend(Backend):
         threads = self.intra_op_threads if self.intra_op_threads is not None else "default"
         return (f"onnxruntime ({self.provider}, {self.precision}, intra-op threads {threads}, "
                 f"opt {self.graph_optimization})")
+
+
+def _payload(model: str | Path | bytes, rewrite: bool, where: str) -> bytes:
+    """The bytes a session is built from: the file as it is, or (``rewrite``) with the RoI-pool node rewritten."""
+    try:
+        if rewrite:
+            # imported here: onnx (~1.5 s) and the ops package are needed only when no cached graph exists
+            import onnx
+
+            from frcnn_trt.ops.roi_pool import to_onnxruntime
+
+            proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+            return to_onnxruntime(proto).SerializeToString()
+        return model if isinstance(model, bytes) else Path(model).read_bytes()
+    except ExportError as exc:
+        raise BackendError(f"{where}: {exc}") from None
+    except (OSError, ValueError) as exc:  # onnx's DecodeError is a ValueError subclass
+        raise BackendError(f"cannot read ONNX model {where}: {exc}") from None
 
 
 def _np_dtype(dtype: torch.dtype) -> Any:

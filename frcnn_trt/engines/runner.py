@@ -23,7 +23,9 @@ over a list of image files"; :class:`Runner` is that loop, written once:
 - **progress**: a rich bar on a terminal (rank 0), plain log lines otherwise (CI).
 - **timing**: the detector's per-phase :class:`~frcnn_trt.engines.detector.PhaseTimes` (device-synchronised),
   summed over batches without the first ``warmup`` ones (kept when a process has no more than those), then
-  over ranks: ms/image of one process.
+  over ranks: ms/image of one process. **Start-up**: the process's age when its first image was ready
+  (:attr:`RunResult.startup_seconds`, from the kernel's process start time: imports, loading the model and
+  building sessions included), logged with the run's end.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from frcnn_trt.engines.detector import Detector, PhaseTimes, Task
 from frcnn_trt.engines.results import ImageDetections, pack, unpack
 from frcnn_trt.errors import FrcnnError, ImageError
 
-__all__ = ["ImageResult", "RunResult", "Runner", "default_threads", "rank_zero_first", "unique_image_ids"]
+__all__ = ["ImageResult", "RunResult", "Runner", "default_threads", "process_age", "rank_zero_first",
+           "unique_image_ids"]
 
 log = logging.getLogger("frcnn_trt.engines.runner")
 
@@ -94,6 +97,8 @@ class RunResult:
     wall_seconds: float = 0.0
     processes: int = 1
     threads: int = 1
+    #: seconds from this process's start to its first image ready (``None``: unknown, or no image)
+    startup_seconds: float | None = None
 
     @property
     def skipped(self) -> list[ImageResult]:
@@ -112,6 +117,20 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: ``/proc/self/stat`` start time against ``/proc/uptime``,
+    10 ms resolution), ``None`` where that cannot be read."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            stat = fh.read()
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def unique_image_ids(paths: Sequence[Path]) -> list[str]:
@@ -324,9 +343,12 @@ class Runner:
         position = {i: k for k, i in enumerate(mine)}
         local: list[ImageResult | None] = [None] * len(mine)
         batches: list[PhaseTimes] = []
+        startup: float | None = None
         t0 = time.perf_counter()
         with _Progress(self.label, len(mine), self.console, self.log_every) as progress:
             for res in self.stream([p[i] for i in mine], [ids[i] for i in mine], indices=mine, timing=batches):
+                if startup is None and res.ok:
+                    startup = process_age()
                 if on_result is not None:
                     on_result(res)
                 res.image = None
@@ -334,7 +356,10 @@ class Runner:
                 progress.advance(res)
         results = self._gather([r for r in local if r is not None], p, ids)
         timing, excluded = self._timing(batches)
-        return RunResult(results, timing, excluded, time.perf_counter() - t0, world, self.threads)
+        if startup is not None and distributed.is_main_process():
+            log.info("%s: start-up %.1f s (process start to first image ready: imports, model, sessions)",
+                     self.label, startup)
+        return RunResult(results, timing, excluded, time.perf_counter() - t0, world, self.threads, startup)
 
     def _gather(self, local: list[ImageResult], paths: list[Path], ids: list[str]) -> list[ImageResult]:
         """Every rank's results (``local``: this rank's shard, in order), in path order."""

@@ -43,7 +43,9 @@ from frcnn_trt.data.images import read_image
 from frcnn_trt.engines.detector import Detector, InferenceSettings
 from frcnn_trt.engines.export_format import DETECTOR_FILE, EXPORT_FILE, RPN_FILE, export_json, load_export
 from frcnn_trt.errors import ExportError
+from frcnn_trt.export.int8_export import Int8Settings, fp32_layer_summary, quantize_export
 from frcnn_trt.export.parity import ort_compute_precision, parity_report, synthetic_images
+from frcnn_trt.export.precision_report import precision_report, print_report
 from frcnn_trt.export.wrappers import DetectorPart, RPNPart, prepare_for_export
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_file
 from frcnn_trt.log import console as make_console
@@ -435,20 +437,27 @@ def run_export(
     max_batch: int = DEFAULT_MAX_BATCH,
     search_dir: str | Path = "output",
     console: Console | None = None,
+    int8: Int8Settings | None = None,
+    report_precision: bool = True,
 ) -> ExportResult:
     """Export a checkpoint (default: the newest ``*final*.safetensors`` under ``search_dir``) and check it.
 
     ``output_dir`` default: ``<checkpoint dir>/<checkpoint stem>_export[_fp16]``. Prints a banner, one line
     per artifact (time, size), the parity summary and the next command; returns an :class:`ExportResult`.
+    ``int8``: quantize the graphs (:func:`frcnn_trt.export.int8_export.quantize_export`); ``report_precision``:
+    write and print the precision report (:mod:`frcnn_trt.export.precision_report`).
     """
+    if int8 is not None and fp16:
+        raise ExportError("--int8 and --fp16 exclude each other: an INT8 export keeps its float layers in FP32")
     con = console if console is not None else make_console()
     ckpt = Path(model_path) if model_path is not None else find_default_checkpoint(search_dir)
     ckpt = ckpt.with_suffix(".safetensors")
     model, info = load_checkpoint(ckpt, device="cpu")
     if not isinstance(model, FasterRCNN):  # pragma: no cover - load_checkpoint builds a FasterRCNN
         raise ExportError(f"{ckpt} did not load as a FasterRCNN ({type(model).__name__})")
-    out = Path(output_dir) if output_dir is not None else ckpt.parent / f"{ckpt.stem}_export{'_fp16' if fp16 else ''}"
-    precision = "FP16" if fp16 else "FP32"
+    precision = "INT8" if int8 is not None else "FP16" if fp16 else "FP32"
+    suffix = "" if precision == "FP32" else f"_{precision.lower()}"
+    out = Path(output_dir) if output_dir is not None else ckpt.parent / f"{ckpt.stem}_export{suffix}"
     con.print(f"[bold]frcnn-trt export[/] {ckpt} → {out}")
     con.print(f"  {info.net}, {info.num_classes} classes (stage {info.stage}, iter {info.iteration}); "
               f"{precision}, {model.box_roi_pool.export_spec()['type']}, opset {opset or DEFAULT_OPSET}, "
@@ -457,12 +466,19 @@ def run_export(
               "iteration": info.iteration, "net": info.net}
     result = export_model(model, cfg=config.from_dict(info.config), class_names=info.class_names, output_dir=out,
                           fp16=fp16, opset=opset, max_batch=max_batch, source=source,
-                          on_artifact=_artifact_printer(con, precision))
+                          on_artifact=_artifact_printer(con, "FP32, quantized next" if int8 else precision))
+    if int8 is not None:
+        result.metadata = quantize_export(out, int8)
+        for line in fp32_layer_summary(result.metadata):
+            con.print(f"  [green]✓[/] int8 {line}", highlight=False)
     con.print(f"  [green]✓[/] {EXPORT_FILE:<14} {_fmt_size((out / EXPORT_FILE).stat().st_size):>9}")
     if parity:
         images, names = _parity_images(parity_images, num_parity_images)
         t0 = time.perf_counter()
         report = run_parity(result, model, images, names)
         _print_parity(con, report, time.perf_counter() - t0)
+    if report_precision:
+        images, _ = _parity_images(parity_images, num_parity_images)
+        print_report(con, precision_report(out, model, images))
     con.print(f"[bold]next:[/] {result.next_command()}")
     return result

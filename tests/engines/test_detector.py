@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def detectors(exported: tuple[Path, Path]) -> dict[str, Detector]:
     _, out = exported
-    return {"torch": Detector.from_export(out, "torch", device="cpu"),
+    # the torch backend as the eager reference: NCHW, the layout im_detect runs in (channels-last, the CPU default
+    # for an export, is within float tolerance: tests/engines/test_torch_layout.py)
+    return {"torch": Detector.from_export(out, "torch", device="cpu", backend_options={"memory_format": "contiguous"}),
             "onnxruntime": Detector.from_export(out, "onnxruntime", device="cpu")}
 
 

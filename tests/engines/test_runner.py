@@ -17,7 +17,14 @@ from rich.console import Console
 from frcnn_trt import distributed
 from frcnn_trt.engines.detector import Detector
 from frcnn_trt.engines.results import ImageDetections, pack, unpack
-from frcnn_trt.engines.runner import ImageResult, Runner, default_threads, rank_zero_first, unique_image_ids
+from frcnn_trt.engines.runner import (
+    ImageResult,
+    Runner,
+    default_threads,
+    process_age,
+    rank_zero_first,
+    unique_image_ids,
+)
 from frcnn_trt.errors import FrcnnError
 from frcnn_trt.export.parity import synthetic_images
 
@@ -222,3 +229,17 @@ def test_pack_unpack_round_trip() -> None:
     assert p is not None and p.is_proposals and _same(props[0], p) and (p.height, p.width) == (7, 8)
     with pytest.raises(ValueError, match="2 image ids"):
         unpack(arrays, names, ["p", "q"])
+
+
+def test_startup_is_the_process_age_at_the_first_image(det: Detector, images: tuple[list[Path], list[np.ndarray]],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    before = process_age()
+    assert before is not None and before > 0.0  # this process started a while ago (imports at least)
+    paths, _ = images
+    with caplog.at_level(logging.INFO, logger="frcnn_trt.engines.runner"):
+        run = Runner(det, label="detect").run(paths[:3])
+    after = process_age()
+    assert run.startup_seconds is not None and after is not None
+    assert before <= run.startup_seconds <= after + 0.02  # /proc clock: 10 ms steps
+    assert "detect: start-up" in caplog.text and "first image ready" in caplog.text
+    assert Runner(det).run([paths[4]]).startup_seconds is None  # no image was ready

@@ -27,8 +27,8 @@ def test_every_list_comes_from_the_specs() -> None:
     assert {
         "tensorrt": frozenset({"precision", "workspace_mib", "optimization_level", "plugin_impl", "timing_cache",
                                "cache_dir", "build", "force", "verbose"}),
-        "onnxruntime": frozenset({"intra_op_threads", "graph_optimization", "io_binding"}),
-        "torch": frozenset()} == backends.BACKEND_OPTIONS
+        "onnxruntime": frozenset({"intra_op_threads", "graph_optimization", "io_binding", "cache"}),
+        "torch": frozenset({"memory_format"})} == backends.BACKEND_OPTIONS
     classes = {"tensorrt": tensorrt_backend.TensorRTBackend, "onnxruntime": onnxruntime_backend.OnnxRuntimeBackend,
                "torch": torch_backend.TorchBackend}
     for spec in backends.BACKEND_SPECS:

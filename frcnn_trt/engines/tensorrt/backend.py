@@ -28,6 +28,7 @@ from torch import Tensor
 
 from frcnn_trt.distributed import resolve_device
 from frcnn_trt.engines.export_format import ExportInfo
+from frcnn_trt.engines.precision import int8_target
 from frcnn_trt.engines.protocol import Backend, BackendSpec
 from frcnn_trt.engines.tensorrt import plugin
 from frcnn_trt.engines.tensorrt.build import build_engines
@@ -63,7 +64,11 @@ OPTIONS = _SETTINGS_OPTIONS | {"cache_dir", "build", "force", "verbose"}
 
 def availability(device: torch.device, info: ExportInfo | None = None) -> tuple[bool, str]:
     """``(can run here, why)``: TensorRT (not only its type stubs), a CUDA device and, unless ``info`` is an
-    export without the custom RoIPool node (RoIAlign: TensorRT's own plugin), ``tensorrt.plugin``."""
+    export without the custom RoIPool node (RoIAlign: TensorRT's own plugin), ``tensorrt.plugin``. An INT8 export
+    quantized for ONNX Runtime on a CPU (UINT8 activations) never runs here."""
+    if info is not None and int8_target(info) == "cpu":
+        return False, ("this INT8 export was quantized for ONNX Runtime on a CPU (UINT8 activations, which TensorRT "
+                       "refuses): re-export with --int8-target tensorrt")
     if device.type != "cuda":
         return False, f"TensorRT runs on a CUDA GPU, and the device is {device}"
     trt_info, why = probe_tensorrt("tensorrt")

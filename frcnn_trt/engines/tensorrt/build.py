@@ -79,6 +79,7 @@ __all__ = [
     "build_engine",
     "build_engines",
     "build_export_engines",
+    "int8_plan",
     "parse_onnx",
     "plan_build",
     "target_compute_capability",
@@ -135,11 +136,26 @@ class BuildPlan:
                             seconds=seconds, size=size, notes=list(notes))
 
 
+def int8_plan(requested: str, info: TensorRTInfo, what: str = "the ONNX") -> PrecisionPlan:
+    """A QDQ INT8 graph is built strongly typed (explicit quantization: TensorRT 10.x with
+    ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, TensorRT 11 / TensorRT-RTX always); the scales are the
+    graph's, so no calibrator and no INT8 builder flag. Another precision than the graph's is refused."""
+    if requested not in ("auto", "int8"):
+        raise BackendError(f"{what} is an INT8 (QDQ) export: TensorRT builds the precision the graph holds, so "
+                           f"{requested} needs a {requested.upper()} export (without --int8)")
+    if not (info.strongly_typed_flag or info.always_strongly_typed):
+        raise BackendError(f"{info.label} has no strongly typed networks, which QDQ INT8 graphs need "
+                           "(TensorRT ≥ 10): upgrade TensorRT")
+    return PrecisionPlan("int8", True, (), f"QDQ INT8 ONNX built strongly typed ({info.label}: explicit "
+                         "quantization from the graph's Q/DQ scales)")
+
+
 def plan_build(spec: EngineSpec, settings: BuildSettings, flavour: str, cache: Path) -> BuildPlan:
     """Decide ``spec``'s build with the TensorRT of ``flavour`` (call inside :func:`use_flavour`)."""
     info = tensorrt_info(flavour)
     cc = target_compute_capability(settings, info)
-    precision = resolve_precision(spec.onnx_precision, settings.precision, info, what=str(spec.onnx))
+    precision = (int8_plan(settings.precision, info, what=str(spec.onnx)) if spec.onnx_precision == "int8"
+                 else resolve_precision(spec.onnx_precision, settings.precision, info, what=str(spec.onnx)))
     if settings.refit and not info.refit:
         raise BackendError(f"{info.label} cannot build refittable engines (no BuilderFlag.REFIT)")
     key, key_dict = engine_key(spec, settings, precision, info, cc)

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-import torchvision
 
 from frcnn_trt.engines.tensorrt.kernel import BLOCK_SIZE, DEFAULT_ARCH, compile_ptx, kernel_name
 from frcnn_trt.engines.tensorrt.runtime import load_tensorrt
@@ -159,6 +158,8 @@ def _define(trt: Any, trtp: Any, aot: bool) -> None:
             f = torch.as_tensor(features, device="cuda")
             r = torch.as_tensor(rois, device="cuda")
             out = torch.as_tensor(outputs[0], device="cuda")
+            import torchvision  # only the JIT plugin needs it: importing it costs a one-image detect ~3 s
+
             pooled = torchvision.ops.roi_pool(f.float(), r.float(), pooled_shape_of(pooled_shape),
                                               float(np.float32(spatial_scale)))
             out.copy_(pooled.to(out.dtype))

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import onnx
-
 from frcnn_trt.engines.tensorrt.build import BuildPlan, plan_build
 from frcnn_trt.engines.tensorrt.cache import EngineResult, cache_lookup, diff_keys, write_sidecar
 from frcnn_trt.engines.tensorrt.runtime import TensorRTLogger, tensorrt_info, use_flavour
@@ -33,6 +31,8 @@ __all__ = ["refit_engine", "refit_from", "same_graph"]
 
 def _graph_signature(path: Path) -> dict[str, Any]:
     try:
+        import onnx  # heavy (~1.5 s): imported when a refit compares graphs, not by every engines import
+
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read ONNX model {path}: {exc}") from None

@@ -48,6 +48,7 @@ __all__ = [
     "image_size",
     "read_header",
     "read_image",
+    "to_rgb_uint8",
 ]
 
 #: the decoded-pixel budget of one image (width x height): 64 megapixels, ~190 MB as BGR uint8
@@ -162,8 +163,9 @@ def display_matches(header: ImageHeader, size: tuple[int, int]) -> bool:
     return tuple(size) != stored and header.orientation >= 5 and tuple(size) == header.displayed_size
 
 
-def _to_rgb_uint8(img: Image.Image, path: Path) -> np.ndarray:
-    """Decoded PIL image of any mode -> contiguous ``H x W x 3`` uint8 RGB."""
+def to_rgb_uint8(img: Image.Image, path: str | Path) -> np.ndarray:
+    """Decoded PIL image of any mode -> contiguous ``H x W x 3`` uint8 RGB (files and ``serve``'s uploads alike);
+    ``path`` names the source in errors."""
     mode = img.mode
     if mode in ("RGB", "RGBA", "RGBX"):
         return np.asarray(img)[:, :, :3]
@@ -175,7 +177,7 @@ def _to_rgb_uint8(img: Image.Image, path: Path) -> np.ndarray:
         # Through RGBA so that PIL does not warn about transparency; the alpha is then dropped.
         return np.asarray(img.convert("RGBA"))[:, :, :3]
     if mode == "1":
-        return _to_rgb_uint8(img.convert("L"), path)
+        return to_rgb_uint8(img.convert("L"), path)
     if mode in _OTHER_COLOUR_MODES:
         return np.asarray(img.convert("RGB"))
     if mode.startswith("I;16") or mode == "I":
@@ -199,7 +201,7 @@ def _decode(img: Image.Image, path: Path, transpose: Image.Transpose | None) -> 
         img.load()
         if transpose is not None:
             img = img.transpose(transpose)
-        return _to_rgb_uint8(img, path)
+        return to_rgb_uint8(img, path)
     except ImageError:
         raise
     except MemoryError as exc:

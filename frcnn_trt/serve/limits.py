@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from frcnn_trt.data.images import _to_rgb_uint8
+from frcnn_trt.data.images import to_rgb_uint8
 from frcnn_trt.errors import ImageError
 from frcnn_trt.files import is_finite_number
 from frcnn_trt.serve.problems import Problem, error_response
@@ -183,7 +183,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-            rgb = _to_rgb_uint8(img, name)  # type: ignore[arg-type]
+            rgb = to_rgb_uint8(img, name)
     except Image.DecompressionBombError as exc:
         raise Problem(413, "image_too_large", f"upload {name!r}: {exc}") from None
     except ImageError as exc:

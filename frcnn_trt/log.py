@@ -55,6 +55,7 @@ class IterationProgress:
 
 #: the name of the one handler :func:`setup_logging` installs (and replaces when called again)
 _HANDLER_NAME = "frcnn_trt.console"
+_ROOT_HANDLER_NAME = "frcnn_trt.foreign"
 
 
 def console(stderr: bool = False) -> Console:
@@ -91,7 +92,30 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
     handler.set_name(_HANDLER_NAME)
     logger.addHandler(handler)
+    _root_handler()
     return logger
+
+
+class _ForeignOnly(logging.Filter):
+    """Records of other libraries' loggers (the package's own already went to its handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(LOGGER_NAME)
+
+
+def _root_handler() -> None:
+    """Give the root logger a handler of its own: other libraries' warnings are shown once, and a library that
+    logs through ``logging.info(...)`` no longer installs ``basicConfig``'s handler, which would print each of
+    the package's records a second time (they propagate to the root)."""
+    root = logging.getLogger()
+    if any(h.get_name() == _ROOT_HANDLER_NAME for h in root.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_ForeignOnly())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.set_name(_ROOT_HANDLER_NAME)
+    root.addHandler(handler)
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -40,6 +40,8 @@ def export_cmd(
     int8_target: Annotated[str, typer.Option("--int8-target", help="cpu (ONNX Runtime on a CPU: UINT8 activations, "
                                              "fast integer kernels) or tensorrt (symmetric INT8, what TensorRT "
                                              "builds).")] = "cpu",
+    int8_max_fp32: Annotated[int, typer.Option("--int8-max-fp32", help="Most layers per graph the sensitivity "
+                                               "rule may keep FP32 (0: every Conv/Gemm INT8).")] = 4,
     val: Annotated[str | None, typer.Option(help="An imdb: mAP and ms/image of FP32 torch and of the export, "
                                             "side by side in the precision report.")] = None,
     data_root: Annotated[Path, typer.Option(help="Folder holding VOCdevkit<year>/ (for imdb names).")] = Path("data"),
@@ -58,8 +60,8 @@ def export_cmd(
         raise ExportError("--int8 and --fp16 exclude each other: an INT8 export keeps its float layers in FP32")
     if int8 != (calib is not None):
         raise ExportError("--int8 needs --calib SOURCE (imdb, folder or glob)" if int8 else "--calib goes with --int8")
-    q = (Int8Settings(calib, num_images=calib_images, method=calib_method, data_root=data_root, target=int8_target)
-         if calib else None)
+    q = (Int8Settings(calib, num_images=calib_images, method=calib_method, data_root=data_root, target=int8_target,
+                      max_fp32_layers=int8_max_fp32) if calib else None)
     res = run_export(model, output, fp16=fp16, opset=opset, parity_images=parity_images,
                      num_parity_images=parity_count, parity=parity, max_batch=max_batch, console=printer(), int8=q)
     if val is not None:

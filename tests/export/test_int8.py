@@ -184,3 +184,21 @@ def test_int8_precision_report_and_tensorrt_rtx(int8_export: Path, tiny: tuple[P
     rtx = rep["tensorrt"]["tensorrt_rtx"]
     assert rtx["rpn_parse"] == {"ok": True, "errors": []}, rtx
     assert rtx["rpn_build"]["ok"] and rtx["rpn_build"]["precision"] == "int8", rtx
+
+
+def test_cli_int8_max_fp32_zero_quantizes_every_layer(tiny: tuple[Path, Path], calib_dir: Path, tmp_path: Path
+                                                      ) -> None:
+    from typer.testing import CliRunner
+
+    from frcnn_trt.cli import app
+
+    out = tmp_path / "export"
+    r = CliRunner().invoke(app, ["export", str(tiny[0]), "-o", str(out), "--no-parity", "--no-engines", "--int8",
+                                 "--calib", str(calib_dir), "--calib-images", "3", "--int8-max-fp32", "0"])
+    assert r.exit_code == 0, r.output
+    q = json.loads((out / "export.json").read_text())["quantization"]
+    assert q["max_fp32_layers"] == 0 and q["fp32_layers"] == {"rpn.onnx": [], "detector.onnx": []}
+    assert all(layer["int8"] for g in q["graphs"].values() for layer in g["layers"].values())
+    r = CliRunner().invoke(app, ["export", str(tiny[0]), "-o", str(tmp_path / "bad"), "--int8", "--calib",
+                                 str(calib_dir), "--int8-max-fp32", "-1"])
+    assert r.exit_code != 0 and "max FP32 layers -1" in r.output

@@ -93,7 +93,7 @@ def run_demo(workdir: str | Path = "runs/demo", *, backend: str = "auto", num_im
     con.print("[bold]5/6 detect[/] on the test images")
     t0 = time.perf_counter()
     det = run_detect([a.path for a in test.annotations()], export_dir=export_dir, backend=backend,
-                     output_dir=work / "detect", console=con)
+                     output_dir=work / "detect", console=con, started_at=t0)
     times["detect"] = time.perf_counter() - t0
 
     con.print("[bold]6/6 eval[/] VOC AP of predictions.json on the test split")

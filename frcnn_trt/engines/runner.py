@@ -97,8 +97,10 @@ class RunResult:
     wall_seconds: float = 0.0
     processes: int = 1
     threads: int = 1
-    #: seconds from this process's start to its first image ready (``None``: unknown, or no image)
+    #: seconds from :attr:`startup_origin` to the first image ready (``None``: unknown, or no image)
     startup_seconds: float | None = None
+    #: what the start-up is counted from: ``"process start"``, or ``"call"`` (the ``started_at`` given)
+    startup_origin: str = "process start"
 
     @property
     def skipped(self) -> list[ImageResult]:
@@ -266,7 +268,11 @@ class Runner:
         label: str | None = None,
         console: Any = None,
         log_every: int | None = None,
+        started_at: float | None = None,
     ) -> None:
+        """``started_at``: ``time.perf_counter()`` when the caller began this work (building the detector
+        included), for a run inside a longer process (the demo); ``None``: start-up counts from the process
+        start (a command's own process)."""
         if batch_size < 1:
             raise FrcnnError(f"batch_size must be ≥ 1, got {batch_size}")
         if task not in ("detect", "propose"):
@@ -280,6 +286,7 @@ class Runner:
         self.label = label or task
         self.console = console
         self.log_every = log_every
+        self.started_at = started_at
 
     # ------------------------------------------------------------------------------------------ one process
 
@@ -348,7 +355,8 @@ class Runner:
         with _Progress(self.label, len(mine), self.console, self.log_every) as progress:
             for res in self.stream([p[i] for i in mine], [ids[i] for i in mine], indices=mine, timing=batches):
                 if startup is None and res.ok:
-                    startup = process_age()
+                    startup = (process_age() if self.started_at is None
+                               else time.perf_counter() - self.started_at)
                 if on_result is not None:
                     on_result(res)
                 res.image = None
@@ -356,10 +364,12 @@ class Runner:
                 progress.advance(res)
         results = self._gather([r for r in local if r is not None], p, ids)
         timing, excluded = self._timing(batches)
+        origin = "process start" if self.started_at is None else "call"
         if startup is not None and distributed.is_main_process():
-            log.info("%s: start-up %.1f s (process start to first image ready: imports, model, sessions)",
-                     self.label, startup)
-        return RunResult(results, timing, excluded, time.perf_counter() - t0, world, self.threads, startup)
+            log.info("%s: start-up %.1f s (%s to first image ready: imports, model, sessions)",
+                     self.label, startup, origin)
+        return RunResult(results, timing, excluded, time.perf_counter() - t0, world, self.threads, startup,
+                         origin)
 
     def _gather(self, local: list[ImageResult], paths: list[Path], ids: list[str]) -> list[ImageResult]:
         """Every rank's results (``local``: this rank's shard, in order), in path order."""

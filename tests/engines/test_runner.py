@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,17 @@ def test_startup_is_the_process_age_at_the_first_image(det: Detector, images: tu
     assert before <= run.startup_seconds <= after + 0.02  # /proc clock: 10 ms steps
     assert "detect: start-up" in caplog.text and "first image ready" in caplog.text
     assert Runner(det).run([paths[4]]).startup_seconds is None  # no image was ready
+
+
+def test_startup_counts_from_started_at_inside_a_longer_process(det: Detector,
+                                                                images: tuple[list[Path], list[np.ndarray]]) -> None:
+    """The demo detects after minutes of training in the same process: its start-up counts from its detect
+    step, not from the process start."""
+    paths, _ = images
+    t0 = time.perf_counter()
+    run = Runner(det, label="detect", started_at=t0).run(paths[:2])
+    elapsed = time.perf_counter() - t0
+    age = process_age()
+    assert run.startup_origin == "call" and run.startup_seconds is not None and age is not None
+    assert 0.0 <= run.startup_seconds <= elapsed < age
+    assert Runner(det).run(paths[:1]).startup_origin == "process start"

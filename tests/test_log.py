@@ -16,6 +16,7 @@ def test_records_print_once_when_a_library_logs_through_the_root(capsys: pytest.
     saved_package = list(package.handlers)
     try:
         root.handlers.clear()
+        root.setLevel(logging.WARNING)  # the default (an INT8 test may have quietened the root logger)
         setup_logging()
         setup_logging()  # idempotent: one handler each
         logging.info("a library's info through the root")  # with no root handler this ran basicConfig()

@@ -1,14 +1,21 @@
 """Quantize an FP32 export with NVIDIA ModelOpt's ONNX PTQ, for comparison with ``frcnn-trt export --int8``.
 
 ``frcnn-trt export --int8`` quantizes with ``onnxruntime.quantization``; this script makes the same kind of
-export with ``modelopt.onnx.quantization.quantize`` (nvidia-modelopt, *not* a dependency of the project: install
-it in a separate environment, e.g. ``pip install nvidia-modelopt onnxruntime-gpu onnx-graphsurgeon
-onnxconverter-common polygraphy onnxslim``; its ``onnxruntime-gpu`` runs on a CPU) so that both run through the
-same commands::
+export with ``modelopt.onnx.quantization.quantize`` (nvidia-modelopt, *not* a dependency of the project) so that
+both run through the same commands. ModelOpt pins its own onnx / onnxruntime-gpu, so give it a separate
+environment that also sees this package; how it was measured (README, "INT8 and speed on a CPU")::
 
-    python tools/int8_modelopt.py EXPORT_FP32 --calib synth:shapes:trainval --output EXPORT_MODELOPT
-    frcnn-trt test --export EXPORT_MODELOPT --imdb synth:shapes:test --backend onnxruntime
-    frcnn-trt benchmark --export EXPORT_FP32 --export EXPORT_INT8 --export EXPORT_MODELOPT --backend onnxruntime
+    python3 -m venv mo && echo "$PWD/.venv/lib/python3.11/site-packages" > mo/lib/python3.11/site-packages/p.pth
+    mo/bin/pip install nvidia-modelopt 'onnxruntime-gpu~=1.24.2' 'onnx~=1.21.0' onnx-graphsurgeon \
+        'onnxconverter-common~=1.16.0' onnxscript onnxslim polygraphy ml_dtypes lief cppimport
+    PYTHONPATH=$PWD mo/bin/python tools/int8_modelopt.py ...
+
+(``onnxruntime-gpu`` runs on a CPU. ModelOpt imports ``tensorrt`` when it can: where only ``tensorrt-stubs``
+is installed that import succeeds and ModelOpt fails on ``trt.Logger``; shadow it in that environment.) Then::
+
+    PYTHONPATH=$PWD mo/bin/python tools/int8_modelopt.py EXPORT_FP32 --calib synth:shapes:trainval -o EXPORT_MO
+    frcnn-trt test --export EXPORT_MO --imdb synth:shapes:test --backend onnxruntime
+    frcnn-trt benchmark --export EXPORT_FP32 --export EXPORT_INT8 --export EXPORT_MO --backend onnxruntime
 
 Calibration uses the same images as ``export --int8`` through the same preprocessing
 (:class:`frcnn_trt.export.calibration.ImageStream`): the RPN on the images, the detector on the features and
@@ -72,7 +79,8 @@ def _quantize(model: onnx.ModelProto, feeds: list[Feeds], args: argparse.Namespa
         t0 = time.perf_counter()
         quantize(str(src), quantize_mode="int8", calibration_data_reader=ListReader(feeds),
                  calibration_method=args.method, calibration_eps=["cpu"], output_path=str(out),
-                 high_precision_dtype="fp32", use_zero_point=args.zero_point, log_level="WARNING")
+                 high_precision_dtype="fp32", use_zero_point=args.zero_point, dq_only=args.dq_only,
+                 log_level="WARNING")
         print(f"{what}: ModelOpt quantized in {time.perf_counter() - t0:.1f} s on {len(feeds)} calibration feeds")
         return onnx.load(str(out))
 
@@ -126,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--method", default="max", help="ModelOpt calibration method: max or entropy")
     ap.add_argument("--zero-point", action="store_true", help="asymmetric activations (ModelOpt use_zero_point)")
+    ap.add_argument("--dq-only", action="store_true", help="weights stored INT8 with only a DequantizeLinear "
+                    "(ModelOpt dq_only)")
     ap.add_argument("--data-root", type=Path, default=Path("data"))
-    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args(argv)
 
     info = load_export(args.export)

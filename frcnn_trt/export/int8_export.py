@@ -23,7 +23,9 @@ quantization). The target is recorded in ``quantization.target``.
 Why ONNX Runtime's quantizer: it is the quantizer of the runtime that runs these graphs on CPU (its QDQ output
 is what its integer kernels fuse, and what TensorRT's explicit quantization reads); it is installed with
 ONNX Runtime and runs calibration on CPU, streaming one image per ``collect_data``. NVIDIA ModelOpt's ONNX PTQ
-(``nvidia-modelopt`` 0.47 is on PyPI) was not measured against it: see ``quantization.library_choice``.
+(``nvidia-modelopt`` 0.47, made from an FP32 export by ``tools/int8_modelopt.py``) was measured against it:
+same accuracy, but ONNX Runtime's CPU provider runs its graphs as float convolutions between Q/DQ pairs (see
+``quantization.library_choice`` and README).
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ log = logging.getLogger("frcnn_trt.export.int8")
 
 LIBRARY_CHOICE = (
     "onnxruntime.quantization (quantize_static, QDQ): the quantizer of the runtime that executes these graphs on "
-    "CPU, already a dependency, calibrating on CPU one image at a time; its QDQ output fuses into ONNX Runtime's "
-    "integer kernels (target cpu: UINT8 activations) and parses/builds in TensorRT-RTX strongly typed (target "
-    "tensorrt: symmetric INT8). NVIDIA "
-    "ModelOpt (nvidia-modelopt 0.47 on PyPI) was not measured: it is not a dependency of this project.")
+    "CPU, already a dependency, calibrating one image at a time; its QDQ output fuses into ONNX Runtime's integer "
+    "kernels (target cpu: UINT8 activations) and parses/builds in TensorRT-RTX strongly typed (target tensorrt: "
+    "symmetric INT8). NVIDIA ModelOpt 0.47's ONNX PTQ was measured against it (README, 'INT8 and speed on a "
+    "CPU'): equally accurate on the demo model, but its graphs (a Relu between each Conv and its "
+    "QuantizeLinear) run on ONNX Runtime's CPU provider as float convolutions between Q/DQ pairs, slower than "
+    "FP32 on VGG16, and it needs onnxruntime-gpu and NVIDIA packages this project does not depend on.")
 
 
 FP32_RULE = ("a layer stays FP32 only when the all-INT8 error exceeds the tolerance, its own error drop and the "

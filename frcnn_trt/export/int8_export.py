@@ -57,7 +57,7 @@ from frcnn_trt.export.sensitivity import MIN_GAIN, GraphProbe, fp32_cap, select_
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from frcnn_trt.ops.roi_pool import to_onnxruntime
 
-__all__ = ["LIBRARY_CHOICE", "Int8Settings", "quantize_export"]
+__all__ = ["LIBRARY_CHOICE", "Int8Settings", "fp32_layer_summary", "fp32_speed_hint", "quantize_export"]
 
 log = logging.getLogger("frcnn_trt.export.int8")
 
@@ -248,4 +248,13 @@ def fp32_layer_summary(metadata: dict[str, Any]) -> list[str]:
                      f"{rec['error_all_int8']:.4f} → {rec['error_final']:.4f}, tolerance {rec['tolerance']}; "
                      f"calibration {'reused' if rec['cache_reused'] else 'computed'})")
     return lines
+
+
+def fp32_speed_hint(metadata: dict[str, Any]) -> str | None:
+    """What keeping layers FP32 costs and how to avoid it, when the export kept any (None otherwise)."""
+    graphs = (metadata.get("quantization") or {}).get("graphs") or {}
+    if not any(rec["fp32_layers"] for rec in graphs.values()):
+        return None
+    return ("FP32 layers run as float kernels between integer ones (VGG16's fc6 kept FP32: the whole image "
+            "1.3× slower on a 2-core CPU); --int8-max-fp32 0 makes every layer INT8 at the all-INT8 error above")
 

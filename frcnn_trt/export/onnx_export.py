@@ -43,7 +43,7 @@ from frcnn_trt.data.images import read_image
 from frcnn_trt.engines.detector import Detector, InferenceSettings
 from frcnn_trt.engines.export_format import DETECTOR_FILE, EXPORT_FILE, RPN_FILE, export_json, load_export
 from frcnn_trt.errors import ExportError
-from frcnn_trt.export.int8_export import Int8Settings, fp32_layer_summary, quantize_export
+from frcnn_trt.export.int8_export import Int8Settings, fp32_layer_summary, fp32_speed_hint, quantize_export
 from frcnn_trt.export.parity import ort_compute_precision, parity_report, synthetic_images
 from frcnn_trt.export.precision_report import precision_report, print_report
 from frcnn_trt.export.wrappers import DetectorPart, RPNPart, prepare_for_export
@@ -471,6 +471,9 @@ def run_export(
         result.metadata = quantize_export(out, int8)
         for line in fp32_layer_summary(result.metadata):
             con.print(f"  [green]✓[/] int8 {line}", highlight=False)
+        hint = fp32_speed_hint(result.metadata)
+        if hint:
+            con.print(f"    {hint}", highlight=False, markup=False)
     con.print(f"  [green]✓[/] {EXPORT_FILE:<14} {_fmt_size((out / EXPORT_FILE).stat().st_size):>9}")
     if parity:
         images, names = _parity_images(parity_images, num_parity_images)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,17 @@ def quantizable_nodes(proto: onnx.ModelProto, op_types: Sequence[str] = OP_TYPES
     return [n.name for n in proto.graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in inits]
 
 
-def _quiet_quantizer() -> None:
-    logging.getLogger("root").setLevel(logging.ERROR)  # "consider pre-processing" warnings on every call
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The root logger at ERROR while the quantizer runs ("consider pre-processing" warnings on every call),
+    its level restored after."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def quantize_graph(proto: onnx.ModelProto, ranges: Any, *, exclude: Sequence[str] = (),
@@ -111,9 +121,8 @@ def quantize_graph(proto: onnx.ModelProto, ranges: Any, *, exclude: Sequence[str
     unknown = sorted(set(exclude) - {n.name for n in proto.graph.node})
     if unknown:
         raise ExportError(f"{what}: layers to keep in FP32 not in the graph: {unknown}")
-    _quiet_quantizer()
     activation = QuantType.QUInt8 if quant.activation == "uint8" else QuantType.QInt8
-    with tempfile.TemporaryDirectory(prefix="frcnn_qdq_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="frcnn_qdq_") as tmp, _quiet_quantizer():
         cache, out = Path(tmp) / "ranges.json", Path(tmp) / "int8.onnx"
         save_tensors_data(ranges, cache)
         try:

@@ -196,6 +196,7 @@ def test_cli_int8_max_fp32_zero_quantizes_every_layer(tiny: tuple[Path, Path], c
     r = CliRunner().invoke(app, ["export", str(tiny[0]), "-o", str(out), "--no-parity", "--no-engines", "--int8",
                                  "--calib", str(calib_dir), "--calib-images", "3", "--int8-max-fp32", "0"])
     assert r.exit_code == 0, r.output
+    assert "--int8-max-fp32 0 makes" not in r.output  # nothing kept FP32: no speed hint
     q = json.loads((out / "export.json").read_text())["quantization"]
     assert q["max_fp32_layers"] == 0 and q["fp32_layers"] == {"rpn.onnx": [], "detector.onnx": []}
     assert all(layer["int8"] for g in q["graphs"].values() for layer in g["layers"].values())

@@ -174,3 +174,26 @@ def test_cli_refuses_int8_without_calib_and_with_fp16(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "exclude each other" in r.output
     r = CliRunner().invoke(app, ["export", str(tmp_path / "m.safetensors"), "--calib", "x"])
     assert r.exit_code != 0 and "--calib goes with --int8" in r.output
+
+
+def test_speed_hint_only_when_layers_stay_fp32() -> None:
+    from frcnn_trt.export.int8_export import fp32_speed_hint
+
+    def meta(kept: list[str]) -> dict:
+        return {"quantization": {"graphs": {"rpn.onnx": {"fp32_layers": []}, "detector.onnx": {"fp32_layers": kept}}}}
+
+    assert fp32_speed_hint(meta([])) is None and fp32_speed_hint({}) is None
+    hint = fp32_speed_hint(meta(["node_Gemm_8"]))
+    assert hint is not None and "--int8-max-fp32 0" in hint
+
+
+def test_quantizer_leaves_the_root_logger_level_as_it_was() -> None:
+    import logging
+
+    from frcnn_trt.export.quantize import _quiet_quantizer
+
+    root = logging.getLogger()
+    before = root.level
+    with _quiet_quantizer():
+        assert root.level == logging.ERROR
+    assert root.level == before

@@ -36,17 +36,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from frcnn_trt.engines.detector import Detector, InferenceSettings
 from frcnn_trt.engines.export_format import DETECTOR_FILE, EXPORT_FILE, RPN_FILE, load_export
 from frcnn_trt.engines.onnxruntime_backend import OnnxRuntimeBackend
-from frcnn_trt.export.calibration import ImageStream, Preprocess, calibration_paths
+from frcnn_trt.export.calibration import Feeds, ImageStream, Preprocess, calibration_paths
+from frcnn_trt.export.int8_export import detector_feeds, rpn_feeds
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_file
 from frcnn_trt.ops.roi_pool import ONNX_DOMAIN, ONNX_DOMAIN_VERSION, ONNX_OP_TYPE, to_onnxruntime
-
-Feeds = dict[str, np.ndarray]
 
 
 class ListReader:
@@ -79,8 +77,7 @@ def _quantize(model: onnx.ModelProto, feeds: list[Feeds], args: argparse.Namespa
         t0 = time.perf_counter()
         quantize(str(src), quantize_mode="int8", calibration_data_reader=ListReader(feeds),
                  calibration_method=args.method, calibration_eps=["cpu"], output_path=str(out),
-                 high_precision_dtype="fp32", use_zero_point=args.zero_point, dq_only=args.dq_only,
-                 log_level="WARNING")
+                 high_precision_dtype="fp32", dq_only=args.dq_only, log_level="WARNING")
         print(f"{what}: ModelOpt quantized in {time.perf_counter() - t0:.1f} s on {len(feeds)} calibration feeds")
         return onnx.load(str(out))
 
@@ -99,15 +96,6 @@ def _restore_roi_node(qproto: onnx.ModelProto, original: onnx.ModelProto) -> onn
     return qproto
 
 
-def _detector_feeds(stream: ImageStream, det: Detector) -> list[Feeds]:
-    feeds = []
-    for _, image in stream.images():
-        run = det.forward([image])
-        if run.rois.shape[0]:
-            feeds.append({"features": run.features.float().numpy(), "rois": run.rois.float().numpy()})
-    return feeds
-
-
 def _write(out: Path, metadata: dict[str, Any], graphs: dict[str, onnx.ModelProto], args: argparse.Namespace,
            images: int) -> None:
     import modelopt
@@ -118,10 +106,11 @@ def _write(out: Path, metadata: dict[str, Any], graphs: dict[str, onnx.ModelProt
         metadata["files"][name].update({"sha256": sha256_file(out / name), "size": (out / name).stat().st_size,
                                         "precision": "int8"})
     metadata["precision"] = {name: "int8" for name in graphs}
-    acts = "UINT8/INT8 with zero points" if args.zero_point else "INT8 symmetric (zero point 0)"
-    metadata["precision_notes"] = f"QDQ INT8 by NVIDIA ModelOpt {modelopt.__version__} ({acts} activations)"
+    # ModelOpt's INT8 activations are symmetric (zero point 0; its use_zero_point option left the graphs
+    # byte-identical in 0.47): what TensorRT takes, hence the target
+    metadata["precision_notes"] = f"QDQ INT8 by NVIDIA ModelOpt {modelopt.__version__} (symmetric INT8 activations)"
     metadata["quantization"] = {"library": f"nvidia-modelopt {modelopt.__version__}", "format": "QDQ",
-                                "target": "cpu" if args.zero_point else "tensorrt", "method": args.method,
+                                "target": "tensorrt", "method": args.method,
                                 "source": args.calib, "images": {"used": images}, "fp32_layers": {}}
     atomic_write_json(out / EXPORT_FILE, metadata)
     load_export(out)  # hashes and fields read back
@@ -133,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", required=True, help="calibration images: imdb name, folder or glob")
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--method", default="max", help="ModelOpt calibration method: max or entropy")
-    ap.add_argument("--zero-point", action="store_true", help="asymmetric activations (ModelOpt use_zero_point)")
     ap.add_argument("--dq-only", action="store_true", help="weights stored INT8 with only a DequantizeLinear "
                     "(ModelOpt dq_only)")
     ap.add_argument("--data-root", type=Path, default=Path("data"))
@@ -149,12 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(args.export, args.output,
                     ignore=shutil.ignore_patterns("ort_cache", "engines", "calibration_cache", "precision_report*"))
 
-    rpn_feeds = [{"image": blob.numpy()} for _, blob, _ in ImageStream(paths, pre).blobs()]
-    rpn = _quantize(onnx.load(str(args.export / RPN_FILE)), rpn_feeds, args, "rpn")
-    del rpn_feeds
+    rpn = _quantize(onnx.load(str(args.export / RPN_FILE)), list(rpn_feeds(ImageStream(paths, pre))), args, "rpn")
     float_det = onnx.load(str(args.export / DETECTOR_FILE))
     det = Detector(OnnxRuntimeBackend(rpn.SerializeToString(), args.export / DETECTOR_FILE, device="cpu"), settings)
-    det_feeds = _detector_feeds(ImageStream(paths, pre), det)
+    det_feeds = list(detector_feeds(ImageStream(paths, pre), det))
     detector = _restore_roi_node(_quantize(to_onnxruntime(float_det), det_feeds, args, "detector"), float_det)
     _write(args.output, dict(info.data), {RPN_FILE: rpn, DETECTOR_FILE: detector}, args, len(paths))
     print(f"wrote {args.output}")

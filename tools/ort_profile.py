@@ -3,7 +3,7 @@
     python tools/ort_profile.py EXPORT [EXPORT ...] [--size 600 1000] [--rois 300] [--runs 3] [--threads N]
 
 Each export's two graphs run as the onnxruntime backend runs them (graph optimisation ``all``, the detector's
-RoI node as ``MaxRoiPool``, ``session.qdqisint8allowed``) on a random image of ``--size`` and ``--rois`` random
+RoI node as ``MaxRoiPool``, the backend's session options) on a random image of ``--size`` and ``--rois`` random
 proposals; the first run is a warm-up and is left out. Prints, per graph, the median run time and the time per
 kernel (operator type after optimisation, e.g. ``QLinearConv`` for an integer convolution, ``FusedConv`` for an
 FP32 one), summed over the graph's nodes and averaged over the runs.
@@ -25,20 +25,21 @@ import onnx
 import onnxruntime as ort
 
 from frcnn_trt.engines.export_format import DETECTOR_FILE, RPN_FILE, load_export
+from frcnn_trt.engines.onnxruntime_backend import session_options
 from frcnn_trt.ops.roi_pool import to_onnxruntime
 
 
-def _profile(model: bytes, feeds: dict[str, np.ndarray], runs: int, threads: int | None) -> dict[str, Any]:
+def _profile(model: bytes, feeds: dict[str, np.ndarray], runs: int, threads: int | None
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The graph's run time and per-kernel times, and its outputs by name."""
     with tempfile.TemporaryDirectory(prefix="frcnn_prof_") as tmp:
-        so = ort.SessionOptions()
+        so = session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "prof")
-        so.add_session_config_entry("session.qdqisint8allowed", "1")
-        if threads:
-            so.intra_op_num_threads = threads
         sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         for _ in range(runs + 1):
-            sess.run(None, feeds)
+            outputs = sess.run(None, feeds)
+        names = [o.name for o in sess.get_outputs()]
         events = json.loads(Path(sess.end_profiling()).read_text())
     model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     warm_end = model_runs[0]["ts"] + model_runs[0]["dur"]
@@ -47,7 +48,8 @@ def _profile(model: bytes, feeds: dict[str, np.ndarray], runs: int, threads: int
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > warm_end:
             per_op[e.get("args", {}).get("op_name", "?")] += e["dur"] / 1000.0 / runs
     run_ms = [e["dur"] / 1000.0 for e in model_runs[1:]]
-    return {"run_ms": statistics.median(run_ms), "ops": dict(sorted(per_op.items(), key=lambda kv: -kv[1]))}
+    timing = {"run_ms": statistics.median(run_ms), "ops": dict(sorted(per_op.items(), key=lambda kv: -kv[1]))}
+    return timing, dict(zip(names, outputs, strict=True))
 
 
 def _feeds(size: tuple[int, int], num_rois: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -72,18 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for export in args.exports:
         load_export(export)  # a complete export whose hashes match
-        rpn = onnx.load(str(export / RPN_FILE))
         rpn_feeds, det_feeds = _feeds((args.size[0], args.size[1]), args.rois)
+        rpn, outputs = _profile((export / RPN_FILE).read_bytes(), rpn_feeds, args.runs, args.threads)
         # the detector runs on the RPN's real features (their value range matters to integer kernels)
-
-        so = ort.SessionOptions()
-        so.add_session_config_entry("session.qdqisint8allowed", "1")
-        sess = ort.InferenceSession(rpn.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        det_feeds["features"] = sess.run(["features"], rpn_feeds)[0]
-        del sess
-        graphs = {"rpn": (rpn.SerializeToString(), rpn_feeds),
-                  "detector": (to_onnxruntime(onnx.load(str(export / DETECTOR_FILE))).SerializeToString(), det_feeds)}
-        results[str(export)] = {g: _profile(m, f, args.runs, args.threads) for g, (m, f) in graphs.items()}
+        det_feeds["features"] = outputs["features"]
+        detector = to_onnxruntime(onnx.load(str(export / DETECTOR_FILE))).SerializeToString()
+        results[str(export)] = {"rpn": rpn, "detector": _profile(detector, det_feeds, args.runs, args.threads)[0]}
         for g, r in results[str(export)].items():
             print(f"{export} {g}: {r['run_ms']:.0f} ms per run (median of {args.runs})")
             for op, ms in r["ops"].items():

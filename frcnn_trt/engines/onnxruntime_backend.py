@@ -36,7 +36,7 @@ from frcnn_trt.errors import BackendError, ExportError
 if TYPE_CHECKING:
     from frcnn_trt.model.faster_rcnn import FasterRCNN
 
-__all__ = ["OPTIONS", "SPEC", "OnnxRuntimeBackend", "availability"]
+__all__ = ["OPTIONS", "SPEC", "OnnxRuntimeBackend", "availability", "session_options"]
 
 log = logging.getLogger("frcnn_trt.engines.onnxruntime")
 
@@ -60,7 +60,9 @@ def availability(device: torch.device, info: ExportInfo | None = None) -> tuple[
     return True, f"onnxruntime {ort.__version__}, CPUExecutionProvider"
 
 
-def _session_options(intra_op_threads: int | None, opt_level: str) -> Any:
+def session_options(intra_op_threads: int | None = None, opt_level: str = "all") -> Any:
+    """ONNX Runtime session options as this backend opens its graphs (everything that inspects or times them
+    uses these, so it sees the same kernels)."""
     import onnxruntime as ort
 
     if opt_level not in _OPT_LEVELS:
@@ -77,6 +79,8 @@ def _session_options(intra_op_threads: int | None, opt_level: str) -> Any:
             raise BackendError(f"intra_op_threads must be ≥ 0 (0 = ONNX Runtime's default), got {intra_op_threads}")
         so.intra_op_num_threads = int(intra_op_threads)
     so.log_severity_level = 3  # warnings about hardware-specific (NCHWc) optimisations are noise here
+    # INT8 (QDQ, symmetric int8 activations) exports: without this x86 runs Q/DQ around float kernels
+    so.add_session_config_entry("session.qdqisint8allowed", "1")
     return so
 
 
@@ -121,9 +125,7 @@ class OnnxRuntimeBackend(Backend):
             providers = ["CPUExecutionProvider"]
         else:
             raise BackendError(f"the onnxruntime backend runs on cpu or cuda, not {self.device}")
-        so = _session_options(intra_op_threads, graph_optimization)
-        # INT8 (QDQ, symmetric int8 activations) exports: without this x86 runs Q/DQ around float kernels
-        so.add_session_config_entry("session.qdqisint8allowed", "1")
+        so = session_options(intra_op_threads, graph_optimization)
         use_cache = cache is not None and cache_keys is not None and self.device.type == "cpu"
         self.cache = cache if use_cache else None
         #: per graph file: ``True`` when its session came from the cache (only graphs the cache saw)

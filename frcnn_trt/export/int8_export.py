@@ -57,7 +57,8 @@ from frcnn_trt.export.sensitivity import MIN_GAIN, GraphProbe, fp32_cap, select_
 from frcnn_trt.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from frcnn_trt.ops.roi_pool import to_onnxruntime
 
-__all__ = ["LIBRARY_CHOICE", "Int8Settings", "fp32_layer_summary", "fp32_speed_hint", "quantize_export"]
+__all__ = ["LIBRARY_CHOICE", "Int8Settings", "detector_feeds", "fp32_layer_summary", "fp32_speed_hint",
+           "quantize_export", "rpn_feeds"]
 
 log = logging.getLogger("frcnn_trt.export.int8")
 
@@ -121,12 +122,13 @@ class _Graph:
     proto: onnx.ModelProto
 
 
-def _rpn_feeds(stream: ImageStream) -> Iterator[Feeds]:
+def rpn_feeds(stream: ImageStream) -> Iterator[Feeds]:
+    """Per readable calibration image: the RPN graph's feed (the preprocessed blob)."""
     for _, blob, _ in stream.blobs():
         yield {"image": blob.numpy()}
 
 
-def _detector_feeds(stream: ImageStream, detector: Detector) -> Iterator[Feeds]:
+def detector_feeds(stream: ImageStream, detector: Detector) -> Iterator[Feeds]:
     """Per image: the INT8 RPN's features and the ProposalLayer's RoIs (what the detector graph will see)."""
     for _, image in stream.images():
         run = detector.forward([image])
@@ -188,8 +190,8 @@ def _context(directory: Path, cfg: Int8Settings) -> tuple[dict[str, Any], ImageS
 
 def _rpn_step(directory: Path, cfg: Int8Settings, ctx: dict[str, Any], stream: ImageStream) -> _Graph:
     proto = onnx.load(str(directory / RPN_FILE))
-    samples = _take(_rpn_feeds(ImageStream(ctx["paths"], stream.preprocess, min_images=1)), cfg.sample_images)
-    return _quantize_one("rpn", proto, {}, _rpn_feeds(stream), samples, cfg, ctx, ort_form=False)
+    samples = _take(rpn_feeds(ImageStream(ctx["paths"], stream.preprocess, min_images=1)), cfg.sample_images)
+    return _quantize_one("rpn", proto, {}, rpn_feeds(stream), samples, cfg, ctx, ort_form=False)
 
 
 def _detector_step(directory: Path, cfg: Int8Settings, ctx: dict[str, Any], stream: ImageStream,
@@ -198,12 +200,12 @@ def _detector_step(directory: Path, cfg: Int8Settings, ctx: dict[str, Any], stre
     backend = OnnxRuntimeBackend(rpn_int8, directory / DETECTOR_FILE, device="cpu")
     det = Detector(backend, settings)
     sample_stream = ImageStream(ctx["paths"], stream.preprocess, min_images=1)
-    samples = _take(_detector_feeds(sample_stream, det), cfg.sample_images)
+    samples = _take(detector_feeds(sample_stream, det), cfg.sample_images)
     if not samples:
         raise ExportError("no calibration image gives the INT8 RPN a single proposal: the detector graph cannot be "
                           "calibrated (check the model and the calibration images)")
     return _quantize_one("detector", proto, {"rpn_int8_sha256": sha256_bytes(rpn_int8)},
-                         _detector_feeds(stream, det), samples, cfg, ctx, ort_form=True)
+                         detector_feeds(stream, det), samples, cfg, ctx, ort_form=True)
 
 
 def quantize_export(directory: str | Path, cfg: Int8Settings) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from frcnn_trt.engines.detector import Detector
 from frcnn_trt.engines.export_format import DETECTOR_FILE, RPN_FILE, ExportInfo, load_export
+from frcnn_trt.engines.onnxruntime_backend import session_options
 from frcnn_trt.engines.precision import export_precision, precision_of
 from frcnn_trt.export.parity import parity_report
 from frcnn_trt.io import atomic_write_json
@@ -52,9 +53,7 @@ def _optimized(path: Path, rewrite: bool) -> tuple[Any, Any]:
     proto = onnx.load(str(path))
     payload = (to_onnxruntime(proto) if rewrite else proto).SerializeToString()
     with tempfile.TemporaryDirectory(prefix="frcnn_opt_") as tmp:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.qdqisint8allowed", "1")
+        so = session_options()
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(payload, so, providers=["CPUExecutionProvider"])
         optimized = onnx.load(so.optimized_model_filepath)
